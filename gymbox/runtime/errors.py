@@ -78,3 +78,8 @@ class SandboxUnresponsive(InfraError):
 
 class AmbiguousExecution(InfraError):
     """A request may or may not have executed, and its result cannot be recovered by id."""
+
+
+class SupervisorFault(InfraError):
+    """The supervisor answered with something it should not have: a garbled frame or an
+    internal error. Whether the command ran is unknown, so it is not retry-safe."""

@@ -26,6 +26,9 @@ class ExecResult:
         timed_out: the command ran past its deadline and was killed (TERM, grace, KILL).
         oom_killed: the kernel's OOM killer ended the command's process.
         duration_s: wall time from start to exit, in seconds.
+        interpreter_reset: ``run_python`` only: the persistent interpreter was lost (this cell
+            timed out or crashed it, or an earlier command killed it) and a fresh one serves
+            the next cell; names defined before are gone.
 
     Example:
         >>> r = ExecResult(exit_code=0, signal=None, stdout="2\\n", stderr="", stdout_bytes=2,
@@ -45,6 +48,7 @@ class ExecResult:
     timed_out: bool
     oom_killed: bool
     duration_s: float
+    interpreter_reset: bool = False
 
     @property
     def ok(self) -> bool:

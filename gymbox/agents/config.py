@@ -1,0 +1,160 @@
+"""Typed configuration from TOML/YAML files and ``--set section.key=value`` overrides.
+
+A config is a tree of frozen dataclasses. :func:`load_config` reads a mapping into it strictly:
+an unknown key is an error that lists the valid ones, and every value is converted to the
+field's declared type, so a typo never silently falls back to a default.
+
+Example:
+    >>> from dataclasses import dataclass
+    >>> @dataclass(frozen=True)
+    ... class Run:
+    ...     steps: int = 10
+    ...     lr: float = 1e-5
+    >>> from_mapping(Run, {"steps": "3"})
+    Run(steps=3, lr=1e-05)
+    >>> apply_overrides(Run(), ["lr=2e-5"]).lr
+    2e-05
+    >>> from_mapping(Run, {"step": 3})
+    Traceback (most recent call last):
+    ...
+    gymbox.runtime.errors.ConfigurationError: config: unknown key(s) step; valid: lr, steps
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from gymbox.runtime.errors import ConfigurationError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
+    """Build ``cls`` from a TOML or YAML file (or its defaults), then apply ``overrides``."""
+    data: Mapping[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigurationError(f"config file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix == ".toml":
+                data = tomllib.loads(text)
+            elif path.suffix in (".yaml", ".yml"):
+                data = yaml.safe_load(text) or {}
+            else:
+                raise ConfigurationError(f"config {path}: use a .toml, .yaml or .yml file")
+        except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+            raise ConfigurationError(f"config {path} does not parse: {exc}") from exc
+    return apply_overrides(from_mapping(cls, data), overrides)
+
+
+def apply_overrides(config: T, overrides: Sequence[str]) -> T:
+    """Apply ``section.key=value`` strings (values parsed as JSON when they can be)."""
+    data = to_mapping(config)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigurationError(f"override {item!r}: expected section.key=value")
+        *parents, leaf = key.strip().split(".")
+        node = data
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ConfigurationError(f"override {item!r}: {part!r} is not a section")
+            node = node[part]
+        node[leaf] = _parse_scalar(raw.strip())
+    return from_mapping(type(config), data)
+
+
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
+    """Build the dataclass ``cls`` from ``data``, strictly (see the module docstring)."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{where or 'config'}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigurationError(
+            f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
+            f"valid: {', '.join(sorted(fields))}"
+        )
+    values = {
+        name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()
+    }
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{where or 'config'}: {exc}") from exc
+
+
+def to_mapping(config: object) -> dict[str, Any]:
+    """The plain-dict form of a config (what ``config.json`` of a run holds)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=list))  # type: ignore[arg-type]
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_mapping(hint, value, where + ".")
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _convert(option, value, where)
+            except ConfigurationError as exc:
+                errors.append(str(exc))
+        raise ConfigurationError("; ".join(errors))
+    if origin is typing.Literal:
+        if value not in typing.get_args(hint):
+            allowed = ", ".join(map(repr, typing.get_args(hint)))
+            raise ConfigurationError(f"{where}: {value!r} is not one of {allowed}")
+        return value
+    if origin in (tuple, list):
+        if isinstance(value, str) or not isinstance(value, Sequence):
+            raise ConfigurationError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)[:1] or (Any,)
+        return origin(_convert(item, v, where) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigurationError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigurationError(f"{where}: expected a number, got {value!r}")
+        try:
+            number = hint(value)
+        except (TypeError, ValueError):
+            raise ConfigurationError(f"{where}: expected {hint.__name__}, got {value!r}") from None
+        if hint is int and isinstance(value, float) and value != number:
+            raise ConfigurationError(f"{where}: expected an integer, got {value!r}")
+        return number
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigurationError(f"{where}: expected true or false, got {value!r}")
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigurationError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _parse_scalar(raw: str) -> Any:
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        return raw

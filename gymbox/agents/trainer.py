@@ -1,0 +1,232 @@
+"""One optimiser step of GRPO-family training on a batch of trajectories.
+
+The trainer sees token sequences, loss masks, behaviour log-probs and one advantage per
+trajectory; it knows nothing of environments or how the advantages were made (see
+:mod:`gymbox.rewards`). An invalid (infra-failed) trajectory arrives with an all-zero loss mask
+and advantage 0: it adds no term to the loss and no token to the token-mean denominator, so the
+update is exactly the one the batch without it would give.
+
+A step:
+
+1. split the batch into micro-batches of ``micro_batch_size`` (gradient accumulation);
+2. for each: forward pass → ``log p(token_t | tokens_<t)`` at the sampling temperature →
+   :func:`~gymbox.agents.loss.policy_loss` with the token-mean over the WHOLE step's mask;
+3. ``backward`` on each micro-batch (gradients add up), clip the global grad norm, AdamW step.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gymbox.agents.loss import ClipRange, policy_loss, token_logprobs
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSample:
+    """One trajectory, ready for the loss.
+
+    Attributes:
+        token_ids: the whole episode as one sequence: prompt, model turns, env observations.
+        loss_mask: 1 where the model generated the token, else 0 (all 0 for an invalid one).
+        behaviour_logprobs: the log-prob each token had when it was sampled (0 where mask 0).
+        advantage: the trajectory's advantage, broadcast over its model tokens.
+    """
+
+    token_ids: Sequence[int]
+    loss_mask: Sequence[int]
+    behaviour_logprobs: Sequence[float]
+    advantage: float
+
+    def __post_init__(self) -> None:
+        n = len(self.token_ids)
+        if len(self.loss_mask) != n or len(self.behaviour_logprobs) != n:
+            raise ValueError(
+                f"token_ids ({n}), loss_mask ({len(self.loss_mask)}) and behaviour_logprobs "
+                f"({len(self.behaviour_logprobs)}) must have the same length"
+            )
+        if n and self.loss_mask[0]:
+            raise ValueError("the first token has no context and cannot be in the loss")
+
+
+@dataclass(frozen=True, slots=True)
+class TrainerConfig:
+    """Optimisation settings.
+
+    Attributes:
+        learning_rate: AdamW learning rate.
+        weight_decay: AdamW weight decay.
+        clip: PPO ratio clip range (asymmetric allowed).
+        kl_coef: β of the KL(π‖π_ref) penalty; 0 disables it and the reference model.
+        micro_batch_size: trajectories per forward/backward (gradient accumulation).
+        max_grad_norm: global gradient-norm clip.
+        temperature: the sampling temperature the behaviour log-probs were taken at.
+    """
+
+    learning_rate: float = 1e-5
+    weight_decay: float = 0.0
+    clip: ClipRange = field(default_factory=ClipRange)
+    kl_coef: float = 0.0
+    micro_batch_size: int = 4
+    max_grad_norm: float = 1.0
+    temperature: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class StepMetrics:
+    """What one optimiser step did."""
+
+    loss: float
+    pg_loss: float
+    kl: float
+    clip_fraction: float
+    mean_ratio: float
+    grad_norm: float
+    tokens: int
+    trajectories: int
+
+
+class PolicyTrainer:
+    """Owns the model's optimiser and applies one GRPO-family update per :meth:`step`.
+
+    Example:
+        >>> import torch
+        >>> from transformers import LlamaConfig, LlamaForCausalLM
+        >>> torch.manual_seed(0) and None
+        >>> model = LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16,
+        ...     intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        ...     num_key_value_heads=2))
+        >>> trainer = PolicyTrainer(model, TrainerConfig(learning_rate=1e-3))
+        >>> sample = TrainingSample([1, 5, 7], [0, 1, 1], [0.0, -3.4, -3.5], advantage=1.0)
+        >>> trainer.step([sample]).tokens
+        2
+    """
+
+    def __init__(
+        self, model: nn.Module, config: TrainerConfig, *, ref_model: nn.Module | None = None
+    ) -> None:
+        if config.kl_coef > 0 and ref_model is None:
+            raise ValueError("kl_coef > 0 needs a frozen ref_model")
+        self.model = model
+        self.config = config
+        self.ref_model = ref_model
+        if ref_model is not None:
+            ref_model.requires_grad_(False).eval()
+        self.optimizer = torch.optim.AdamW(
+            [p for p in model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
+        )
+        self.steps_done = 0
+
+    def step(self, samples: Sequence[TrainingSample]) -> StepMetrics:
+        """Apply one optimiser step on ``samples``; returns what it did."""
+        if not samples:
+            raise ValueError("a training step needs at least one sample")
+        cfg = self.config
+        step_tokens = sum(sum(s.loss_mask) for s in samples)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        totals = dict(loss=0.0, pg=0.0, kl=0.0, clipped=0.0, ratio=0.0)
+        for start in range(0, len(samples), cfg.micro_batch_size):
+            batch = _collate(samples[start : start + cfg.micro_batch_size])
+            logits = self.model(
+                input_ids=batch.token_ids, attention_mask=batch.attention_mask
+            ).logits
+            logprobs = token_logprobs(logits, batch.token_ids, temperature=cfg.temperature)
+            ref_logprobs = self._ref_logprobs(batch) if cfg.kl_coef > 0 else None
+            terms = policy_loss(
+                logprobs, batch.behaviour_logprobs, batch.advantages, batch.loss_mask,
+                clip=cfg.clip, step_tokens=step_tokens,
+                ref_logprobs=ref_logprobs, kl_coef=cfg.kl_coef,
+            )
+            terms.loss.backward()
+            totals["loss"] += terms.loss.item()
+            totals["pg"] += terms.pg_sum.item()
+            totals["kl"] += terms.kl_sum.item()
+            totals["clipped"] += terms.clipped_tokens.item()
+            totals["ratio"] += terms.ratio_sum.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if step_tokens > 0:
+            self.optimizer.step()
+        self.steps_done += 1
+        n = max(step_tokens, 1)
+        return StepMetrics(
+            loss=totals["loss"],
+            pg_loss=totals["pg"] / n,
+            kl=totals["kl"] / n,
+            clip_fraction=totals["clipped"] / n,
+            mean_ratio=totals["ratio"] / n if step_tokens else 1.0,
+            grad_norm=float(grad_norm),
+            tokens=step_tokens,
+            trajectories=len(samples),
+        )
+
+    @torch.no_grad()
+    def _ref_logprobs(self, batch: _Batch) -> torch.Tensor:
+        assert self.ref_model is not None
+        logits = self.ref_model(
+            input_ids=batch.token_ids, attention_mask=batch.attention_mask
+        ).logits
+        return token_logprobs(logits, batch.token_ids, temperature=self.config.temperature)
+
+    def save_checkpoint(self, directory: str | Path) -> Path:
+        """Write model weights, optimiser state and step count to ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "steps_done": self.steps_done,
+                "torch_rng": torch.get_rng_state(),
+            },
+            directory / "trainer.pt",
+        )
+        (directory / "trainer_config.json").write_text(
+            json.dumps(asdict(self.config), indent=2, default=str)
+        )
+        return directory
+
+    def load_checkpoint(self, directory: str | Path) -> None:
+        """Restore what :meth:`save_checkpoint` wrote, so training continues the same curve."""
+        path = Path(directory) / "trainer.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"no trainer checkpoint at {path}")
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.steps_done = state["steps_done"]
+        torch.set_rng_state(state["torch_rng"])
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    token_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    loss_mask: torch.Tensor
+    behaviour_logprobs: torch.Tensor
+    advantages: torch.Tensor
+
+
+def _collate(samples: Sequence[TrainingSample]) -> _Batch:
+    """Right-pad to the longest sample; padding is outside the attention and the loss."""
+    length = max(len(s.token_ids) for s in samples)
+    shape = (len(samples), length)
+    token_ids = torch.zeros(shape, dtype=torch.long)
+    attention = torch.zeros(shape, dtype=torch.long)
+    loss_mask = torch.zeros(shape, dtype=torch.float32)
+    behaviour = torch.zeros(shape, dtype=torch.float32)
+    for row, s in enumerate(samples):
+        n = len(s.token_ids)
+        token_ids[row, :n] = torch.tensor(s.token_ids, dtype=torch.long)
+        attention[row, :n] = 1
+        loss_mask[row, :n] = torch.tensor(s.loss_mask, dtype=torch.float32)
+        behaviour[row, :n] = torch.tensor(s.behaviour_logprobs, dtype=torch.float32)
+    advantages = torch.tensor([s.advantage for s in samples], dtype=torch.float32)
+    return _Batch(token_ids, attention, loss_mask, behaviour, advantages)

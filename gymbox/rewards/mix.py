@@ -1,0 +1,298 @@
+r"""Mixing gold and intrinsic rewards into one advantage.
+
+Each reward *term* (``"gold"``, ``"self_certainty"``, ``"majority_vote"``, ...) is turned into
+advantages on its own, by the same group-relative estimator, and the advantages are summed with
+the terms' weights at the current step:
+
+    A_i = Σ_k w_k(step) · g_k · A_k,i     (g_k: the entropy-guard factor if k is intrinsic, else 1)
+
+Normalising each term separately keeps one term's scale from drowning the others; this is how
+Intuitor (arXiv 2505.19590) adds a gold term to self-certainty. Which samples a term applies to
+is decided by a small policy object:
+
+* :class:`Additive` — every term applies to every valid sample;
+* :class:`GoldWhereLabelled` — semi-supervised: gold terms apply where the prompt has a label,
+  intrinsic terms where it does not.
+
+Weights follow :class:`Constant`, :class:`Linear` or :class:`Cosine` schedules, and an
+:class:`EntropyGuard` lowers the intrinsic weights when the policy's mean token entropy falls
+below a fraction of its starting value: internal-feedback rewards sharpen the policy until it
+collapses after a few dozen steps (arXiv 2506.17219), and entropy is the early warning.
+
+Example:
+    >>> import torch
+    >>> mix = RewardMix({"gold": Term(1.0), "self_certainty": Term(0.5, intrinsic=True)})
+    >>> out = mix.advantages(
+    ...     {"gold": torch.tensor([1.0, 0.0]), "self_certainty": torch.tensor([0.2, 0.4])},
+    ...     valid=torch.tensor([True, True]), groups=torch.tensor([0, 0]), step=0)
+    >>> [round(a, 3) for a in out.values.tolist()]     # 0.707 - 0.5·0.707, and its opposite
+    [0.354, -0.354]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from gymbox.rewards.advantages import GRPO, AdvantageEstimator, Advantages
+from gymbox.rewards.record import RewardComponent, RewardRecord
+
+
+class Schedule(Protocol):
+    """A weight as a function of the training step."""
+
+    def __call__(self, step: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """w(step) = value."""
+
+    value: float
+
+    def __call__(self, step: int) -> float:
+        return self.value
+
+
+@dataclass(frozen=True, slots=True)
+class Linear:
+    """w(step) = start + (end - start) · min(step / steps, 1).
+
+    Example:
+        >>> Linear(1.0, 0.0, steps=10)(5)
+        0.5
+    """
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+
+    def __call__(self, step: int) -> float:
+        return self.start + (self.end - self.start) * min(step / self.steps, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Cosine:
+    """w(step) = end + (start - end) · (1 + cos(π · min(step / steps, 1))) / 2.
+
+    Example:
+        >>> Cosine(1.0, 0.0, steps=10)(5)
+        0.5
+    """
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+
+    def __call__(self, step: int) -> float:
+        progress = min(step / self.steps, 1.0)
+        return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+@dataclass(slots=True)
+class EntropyGuard:
+    """Scales intrinsic weights by min(1, H / (fraction · H₀)).
+
+    H₀ is the mean token entropy first seen (or given as ``start``), H the current one. Above
+    ``fraction · H₀`` the factor is 1; below it the intrinsic weight falls in proportion, to 0
+    when the entropy does.
+
+    Example:
+        >>> guard = EntropyGuard(fraction=0.5)
+        >>> guard(2.0), guard(1.5), guard(0.5)
+        (1.0, 1.0, 0.5)
+    """
+
+    fraction: float = 0.5
+    start: float | None = None
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+
+    def __call__(self, mean_entropy: float) -> float:
+        if not math.isfinite(mean_entropy) or mean_entropy < 0:
+            raise ValueError(f"mean_entropy must be finite and >= 0, got {mean_entropy}")
+        if self.start is None:
+            self.start = mean_entropy
+        floor = self.fraction * self.start
+        return 1.0 if floor <= 0 else min(1.0, mean_entropy / floor)
+
+
+@dataclass(frozen=True, slots=True)
+class Term:
+    """One reward term of a mix: its weight (a number or a :class:`Schedule`) and its kind."""
+
+    weight: Schedule | float
+    intrinsic: bool = False
+
+    def weight_at(self, step: int) -> float:
+        return self.weight(step) if callable(self.weight) else float(self.weight)
+
+
+class Applicability(Protocol):
+    """Which valid samples a term applies to, given the per-sample ``labelled`` mask."""
+
+    def __call__(self, term: Term, labelled: Tensor) -> Tensor: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Additive:
+    """Every term applies to every sample."""
+
+    def __call__(self, term: Term, labelled: Tensor) -> Tensor:
+        return torch.ones_like(labelled)
+
+
+@dataclass(frozen=True, slots=True)
+class GoldWhereLabelled:
+    """Gold terms where the sample's prompt has a label, intrinsic terms where it has none."""
+
+    def __call__(self, term: Term, labelled: Tensor) -> Tensor:
+        return ~labelled if term.intrinsic else labelled.clone()
+
+
+@dataclass(frozen=True, slots=True)
+class MixedAdvantages:
+    """The mixed advantages and how they were made.
+
+    Attributes:
+        values: ``[N]`` float32, Σ_k w_k · A_k; 0 where ``keep`` is false.
+        keep: ``[N]`` bool; the trajectories that entered at least one term's statistics.
+        dropped_groups: ids of groups none of whose members were kept.
+        invalid: how many trajectories were invalid.
+        weights: each term's effective weight at this step (schedule × guard).
+        terms: each term's own :class:`Advantages`.
+    """
+
+    values: Tensor
+    keep: Tensor
+    dropped_groups: Tensor
+    invalid: int
+    weights: dict[str, float]
+    terms: dict[str, Advantages]
+
+
+@dataclass
+class RewardMix:
+    """Weighted sum of separately group-normalised advantages of several reward terms.
+
+    Args:
+        terms: name → :class:`Term`; the names key the reward tensors given to
+            :meth:`advantages`.
+        estimator: the advantage estimator applied to each term (default :class:`GRPO`).
+        applies: which samples each term covers (:class:`Additive` or
+            :class:`GoldWhereLabelled`).
+        guard: an optional :class:`EntropyGuard` for the intrinsic weights.
+    """
+
+    terms: Mapping[str, Term]
+    estimator: AdvantageEstimator = field(default_factory=GRPO)
+    applies: Applicability = field(default_factory=Additive)
+    guard: EntropyGuard | None = None
+
+    def __post_init__(self) -> None:
+        if not self.terms:
+            raise ValueError("RewardMix needs at least one term")
+
+    def weights(self, step: int, mean_entropy: float | None = None) -> dict[str, float]:
+        """Each term's weight at ``step``, intrinsic ones scaled by the entropy guard.
+
+        Raises:
+            ValueError: if a guard is set and ``mean_entropy`` is not given.
+        """
+        factor = 1.0
+        if self.guard is not None:
+            if mean_entropy is None:
+                raise ValueError("this RewardMix has an EntropyGuard: pass mean_entropy")
+            factor = self.guard(mean_entropy)
+        return {
+            name: term.weight_at(step) * (factor if term.intrinsic else 1.0)
+            for name, term in self.terms.items()
+        }
+
+    def advantages(
+        self,
+        rewards: Mapping[str, Tensor],
+        valid: Tensor,
+        groups: Tensor,
+        *,
+        step: int,
+        labelled: Tensor | None = None,
+        mean_entropy: float | None = None,
+    ) -> MixedAdvantages:
+        """Mixed advantages for a flat batch (layout of :mod:`gymbox.rewards.advantages`).
+
+        Args:
+            rewards: name → ``[N]`` reward tensor for every term of the mix. Entries a term does
+                not apply to (invalid, or gold without a label) may hold anything, NaN included.
+            valid: ``[N]`` bool, false for trajectories the infrastructure broke.
+            groups: ``[N]`` int group ids.
+            step: the training step, for the weight schedules.
+            labelled: ``[N]`` bool, whether each sample's prompt has a gold label; defaults to
+                all true.
+            mean_entropy: the policy's mean token entropy on this batch, required with a guard.
+
+        Raises:
+            KeyError: if a term has no reward tensor, or a tensor names no term.
+        """
+        missing, unknown = set(self.terms) - set(rewards), set(rewards) - set(self.terms)
+        if missing or unknown:
+            raise KeyError(
+                f"rewards must match the mix's terms {sorted(self.terms)}: "
+                f"missing {sorted(missing)}, unknown {sorted(unknown)}"
+            )
+        labelled = torch.ones_like(valid) if labelled is None else labelled.bool()
+        weights = self.weights(step, mean_entropy)
+        per_term = {
+            name: self.estimator(rewards[name], valid & self.applies(term, labelled), groups)
+            for name, term in self.terms.items()
+        }
+        values = sum(weights[name] * adv.values for name, adv in per_term.items())
+        keep = torch.stack([adv.keep for adv in per_term.values()]).any(dim=0)
+        ids = torch.unique(groups)
+        dropped = ids[~torch.isin(ids, groups[keep])]
+        invalid = int((~valid).sum())
+        return MixedAdvantages(
+            torch.where(keep, values, 0.0).float(), keep, dropped, invalid, weights, per_term
+        )
+
+    def records(
+        self,
+        rewards: Mapping[str, Tensor],
+        valid: Tensor,
+        weights: Mapping[str, float],
+        labelled: Tensor | None = None,
+    ) -> list[RewardRecord]:
+        """One :class:`RewardRecord` per trajectory with each applicable term's value and
+        weight (``weights`` as returned in :attr:`MixedAdvantages.weights`), for logs.
+
+        Invalid trajectories get ``RewardRecord.invalid("infra_failed")``.
+        """
+        labelled = torch.ones_like(valid) if labelled is None else labelled.bool()
+        applies = {name: self.applies(term, labelled) for name, term in self.terms.items()}
+        records = []
+        for i in range(valid.numel()):
+            if not bool(valid[i]):
+                records.append(RewardRecord.invalid("infra_failed"))
+                continue
+            components = {
+                name: RewardComponent(float(rewards[name][i]), weights[name])
+                for name in self.terms
+                if bool(applies[name][i])
+            }
+            records.append(RewardRecord.weighted(components))
+        return records

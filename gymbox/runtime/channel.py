@@ -1,0 +1,137 @@
+"""Framed, id-matched requests to a supervisor over a :class:`~gymbox.runtime.backend.Link`.
+
+A frame is a 4-byte big-endian length and that many bytes of JSON (the supervisor's format, see
+:mod:`gymbox.runtime.supervisor`). Each request gets a fresh id; one reader task matches answers
+to waiting futures, so any number of requests may be in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import struct
+from typing import Any
+
+from gymbox.runtime.backend import Link
+
+HEADER = struct.Struct(">I")
+
+
+class LinkLost(Exception):
+    """The stream to the supervisor ended or broke; ``sent`` says whether the request left."""
+
+    def __init__(self, reason: str, *, sent: bool) -> None:
+        super().__init__(reason)
+        self.sent = sent
+
+
+class Garbled(Exception):
+    """The supervisor sent bytes that are not a valid frame."""
+
+
+class RemoteError(Exception):
+    """The supervisor answered a request with an error."""
+
+    def __init__(self, kind: str, message: str, errno: int | None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.errno = errno
+
+
+class Channel:
+    """Requests and answers over one supervisor link."""
+
+    def __init__(self, link: Link) -> None:
+        self._link = link
+        self._ids = itertools.count(1)
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._lost: BaseException | None = None
+        self._reader = asyncio.create_task(self._read_loop())
+
+    async def wait_ready(self, timeout: float) -> dict[str, Any]:
+        """The supervisor's hello, or :class:`LinkLost` / ``TimeoutError``."""
+        return await asyncio.wait_for(asyncio.shield(self._ready), timeout)
+
+    async def call(self, op: str, backstop_s: float, **fields: Any) -> dict[str, Any]:
+        """Send one request and wait for its answer, at most ``backstop_s`` seconds.
+
+        Raises:
+            LinkLost: the stream broke (``sent`` says whether this request had been written).
+            Garbled: the stream carried something that is not a frame.
+            RemoteError: the supervisor answered with an error.
+            TimeoutError: no answer within ``backstop_s``.
+        """
+        if self._lost is not None:
+            raise LinkLost(f"the supervisor stream is closed ({self._lost})", sent=False)
+        rid = next(self._ids)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[rid] = future
+        body = json.dumps({"id": rid, "op": op, **fields}, separators=(",", ":")).encode()
+        try:
+            self._link.write(HEADER.pack(len(body)) + body)
+        except (ConnectionError, OSError) as exc:
+            self._pending.pop(rid, None)
+            raise LinkLost(f"writing to the supervisor failed: {exc}", sent=False) from exc
+        try:
+            answer = await asyncio.wait_for(future, backstop_s)
+        finally:
+            self._pending.pop(rid, None)
+        if not answer.get("ok"):
+            error = answer.get("error") or {}
+            raise RemoteError(error.get("type", "?"), error.get("message", ""), error.get("errno"))
+        return answer["result"]
+
+    def close(self) -> None:
+        self._reader.cancel()
+        self._link.close()
+        self._fail_all(LinkLost("the sandbox was closed", sent=True))
+
+    async def _read_loop(self) -> None:
+        buffer = bytearray()
+        try:
+            while True:
+                chunk = await self._link.read()
+                if not chunk:
+                    raise LinkLost("the supervisor stream ended", sent=True)
+                buffer += chunk
+                while len(buffer) >= HEADER.size:
+                    (size,) = HEADER.unpack_from(buffer)
+                    if len(buffer) < HEADER.size + size:
+                        break
+                    body = bytes(buffer[HEADER.size : HEADER.size + size])
+                    del buffer[: HEADER.size + size]
+                    self._deliver(body)
+        except asyncio.CancelledError:
+            raise
+        except LinkLost as exc:
+            self._fail_all(exc)
+        except Garbled as exc:
+            self._fail_all(exc)
+        except Exception as exc:  # the transport broke in a way only the backend knows
+            self._fail_all(LinkLost(f"reading from the supervisor failed: {exc!r}", sent=True))
+
+    def _deliver(self, body: bytes) -> None:
+        try:
+            message = json.loads(body)
+            rid = message["id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise Garbled(f"unreadable frame from the supervisor: {body[:80]!r}") from exc
+        if message.get("event") == "ready":
+            if not self._ready.done():
+                self._ready.set_result(message)
+            return
+        future = self._pending.get(rid)
+        if future is not None and not future.done():
+            future.set_result(message)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        if self._lost is None:
+            self._lost = exc
+        for future in [self._ready, *self._pending.values()]:
+            if not future.done():
+                future.set_exception(exc)
+        # Nobody may be waiting on the hello any more; don't let asyncio report it as unhandled.
+        if self._ready.done() and not self._ready.cancelled():
+            self._ready.exception()

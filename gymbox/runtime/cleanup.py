@@ -1,0 +1,157 @@
+"""No leaks: who owns each container, cleanup at exit, and a reaper for what a crash left.
+
+Three layers, each enough on its own for the case it covers:
+
+1. Normal exit: every live instance is registered here; an ``atexit`` hook (and SIGTERM, when
+   nobody else handles it) destroys what is still registered.
+2. Crash of the host process (SIGKILL, OOM): the container's lease is not renewed, so its main
+   process exits and the engine removes it (``auto_remove``) within ``SandboxSpec.lease_s``.
+3. Anything else (an engine restart, a lease file lost): :func:`reap` removes containers whose
+   owner process on this host is gone. It runs when a Docker backend first starts a sandbox and
+   from ``gymbox gc``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import docker
+import docker.errors
+
+from gymbox.runtime import engine
+
+LABEL = "gymbox"
+RUN_ID = os.environ.get("GYMBOX_RUN_ID") or uuid.uuid4().hex[:12]
+
+_live: dict[str, Callable[[], None]] = {}
+_lock = threading.Lock()
+_hooks_installed = False
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+def owner_labels(lease_s: float) -> dict[str, str]:
+    """The labels that tie a new container to this process."""
+    pid = os.getpid()
+    return {
+        LABEL: "1",
+        f"{LABEL}.owner_pid": str(pid),
+        f"{LABEL}.owner_start": _process_start(pid),
+        f"{LABEL}.host": socket.gethostname(),
+        f"{LABEL}.run_id": RUN_ID,
+        f"{LABEL}.lease_expiry": str(int(time.time() + lease_s)),
+    }
+
+
+def register(key: str, destroy: Callable[[], None]) -> None:
+    """Remember a live instance; ``destroy`` (blocking) removes it at interpreter exit."""
+    global _hooks_installed
+    with _lock:
+        _live[key] = destroy
+        if not _hooks_installed:
+            atexit.register(destroy_all)
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and (
+                threading.current_thread() is threading.main_thread()
+            ):
+                signal.signal(signal.SIGTERM, _on_sigterm)
+            _hooks_installed = True
+
+
+def unregister(key: str) -> None:
+    with _lock:
+        _live.pop(key, None)
+
+
+def destroy_all() -> None:
+    """Destroy every instance this process still holds (blocking; used at exit)."""
+    with _lock:
+        pending = list(_live.values())
+        _live.clear()
+    for destroy in pending:
+        # At exit, one failure must not stop the others.
+        with contextlib.suppress(Exception):
+            destroy()
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    destroy_all()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+
+
+@dataclass(frozen=True, slots=True)
+class Reaped:
+    """One container :func:`reap` removed, and why."""
+
+    container_id: str
+    reason: str
+
+
+def owner_alive(labels: dict[str, str]) -> bool:
+    """Whether the process that made a container still runs (only answerable on its host)."""
+    if labels.get(f"{LABEL}.host") != socket.gethostname():
+        return True
+    try:
+        pid = int(labels.get(f"{LABEL}.owner_pid", ""))
+    except ValueError:
+        return False
+    if not os.path.exists(f"/proc/{pid}"):
+        return False
+    return _process_start(pid) == labels.get(f"{LABEL}.owner_start", "")
+
+
+def reap(client: docker.DockerClient | None = None, *, everything: bool = False) -> list[Reaped]:
+    """Remove gymbox containers whose owner process on this host has exited.
+
+    Containers made on other hosts are left alone (their own lease removes them) unless
+    ``everything`` is true, which removes every gymbox container on the engine — including
+    those of live runs; ``gymbox gc --all`` uses it.
+
+    Raises:
+        EngineUnavailable: no engine answers.
+
+    Example:
+        >>> reaped = reap()  # doctest: +SKIP
+        >>> [r.reason for r in reaped]  # doctest: +SKIP
+        ['owner pid 4242 on this host has exited']
+    """
+    own_client = client is None
+    client = client or engine.connect()
+    try:
+        removed = []
+        for container in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+            labels = container.get("Labels") or {}
+            if everything:
+                reason = "asked to remove every gymbox container"
+            elif not owner_alive(labels):
+                reason = f"owner pid {labels.get(f'{LABEL}.owner_pid')} on this host has exited"
+            else:
+                continue
+            try:
+                client.api.remove_container(container["Id"], force=True)
+            except docker.errors.NotFound:
+                continue
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:  # 409: removal already in progress
+                    raise
+            removed.append(Reaped(container["Id"][:12], reason))
+        return removed
+    finally:
+        if own_client:
+            client.close()

@@ -1,0 +1,453 @@
+"""Episode recovery and attribution: an infrastructure failure never becomes a reward.
+
+:class:`RecoveringSandboxes` is a sandbox source (what :class:`~gymbox.envs.ToolEnv` takes as
+``sandboxes``). Each episode's sandbox is a :class:`RecoveringSandbox` that journals every call
+and its outcome. When a call fails with an :class:`~gymbox.runtime.errors.InfraError`:
+
+1. take a fresh sandbox from the source;
+2. replay the journal into it, checking that every replayed outcome equals the recorded one;
+3. run the failed call again, and hand its outcome to the env as if nothing had happened.
+
+Attempts are bounded (:attr:`RecoveryPolicy.max_attempts`) and so is their total time
+(:attr:`RecoveryPolicy.deadline_s`). When recovery gives up, the failure propagates and the env
+ends the episode ``infra_failed`` with an invalid reward: it is *masked*.
+
+**Attribution.** A call that breaks ``blame_after`` sandboxes in a row, the last ones fresh and
+rebuilt from the journal, is breaking them itself: the agent caused it. Its outcome is then a
+value, not an exception: an :class:`~gymbox.runtime.result.ExecResult` killed by ``SIGKILL``
+whose stderr says that the command destroyed its sandbox, scored as the env scores any failing
+command. The sandbox is rebuilt without that call before the next one. A failure can only be
+blamed on a call that may have run (``retry_safe`` failures — the engine was down, a sandbox did
+not start — say it did not), and a replay that diverges does not let a call escape blame: the
+call still runs once on the imperfect rebuild to see whether it breaks it too.
+
+With independent infrastructure faults at a per-call rate *p*, a call is wrongly blamed with
+probability about *p*^(blame_after - 1); :class:`~gymbox.runtime.faults.FaultInjector` models
+faults as transient and never strikes the re-run of a struck request.
+
+Example:
+    >>> async def episode(pool):  # doctest: +SKIP
+    ...     env = MyEnv(sandboxes=RecoveringSandboxes(pool, RecoveryPolicy(max_attempts=3)))
+    ...     obs, info = await env.areset(seed=0)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker
+from gymbox.runtime.errors import InfraError
+from gymbox.runtime.result import ExecResult
+from gymbox.runtime.sandbox import DirEntry, Sandbox
+
+log = logging.getLogger(__name__)
+
+
+RECOVERY_BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=2.0)
+"""Short waits: a fresh sandbox usually comes from a warm pool at once."""
+
+
+class ReplayDiverged(InfraError):
+    """A replayed call gave a different outcome than it did the first time: the sandbox's state
+    cannot be rebuilt, so the episode cannot go on as it was."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryPolicy:
+    """How hard recovery tries.
+
+    Attributes:
+        max_attempts: fresh sandboxes tried for one failure before giving up.
+        deadline_s: the most time one recovery may take, all attempts together.
+        blame_after: how many sandboxes in a row one call must break to be the agent's fault
+            (2: it broke its sandbox, then a fresh one rebuilt from the journal).
+        backoff: the wait between attempts.
+
+    Example:
+        >>> RecoveryPolicy(max_attempts=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: max_attempts must be >= 1, got 0
+    """
+
+    max_attempts: int = 3
+    deadline_s: float = 60.0
+    blame_after: int = 2
+    backoff: Backoff = RECOVERY_BACKOFF
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.blame_after < 2:
+            raise ValueError(f"blame_after must be >= 2 (one break proves nothing), got "
+                             f"{self.blame_after}")
+        if not self.deadline_s > 0:
+            raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+
+
+@dataclass
+class RecoveryMetrics:
+    """Counts for the training log, by failure kind (``sandbox_died``, ...).
+
+    Attributes:
+        recovered: failures after which the episode went on as if nothing had happened.
+        masked: failures recovery gave up on; their episodes end ``infra_failed``.
+        agent_caused: failures blamed on the agent's call and scored.
+        start_failed: episodes that could not get a first sandbox.
+        replays: journal entries replayed into fresh sandboxes.
+    """
+
+    recovered: Counter[str] = field(default_factory=Counter)
+    masked: Counter[str] = field(default_factory=Counter)
+    agent_caused: Counter[str] = field(default_factory=Counter)
+    start_failed: Counter[str] = field(default_factory=Counter)
+    replays: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{"recovery/recovered/sandbox_died": 3.0, ...}``, for a JSONL metrics line."""
+        flat = {"recovery/replays": float(self.replays)}
+        for name in ("recovered", "masked", "agent_caused", "start_failed"):
+            counts: Counter[str] = getattr(self, name)
+            flat[f"recovery/{name}"] = float(sum(counts.values()))
+            for kind, n in counts.items():
+                flat[f"recovery/{name}/{kind}"] = float(n)
+        return flat
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One sandbox call, as the journal keeps it: the method, its arguments, its outcome."""
+
+    method: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...]
+    outcome: Any = None
+    error: OSError | None = None
+
+    async def run(self, sandbox: Sandbox) -> Call:
+        """Run this call on ``sandbox``; the copy that comes back holds the new outcome.
+
+        An ``OSError`` of a file operation is the agent's outcome (no such file...) and is kept;
+        ``InfraError`` propagates.
+        """
+        try:
+            outcome = await getattr(sandbox, self.method)(*self.args, **dict(self.kwargs))
+        except OSError as exc:
+            return replace(self, outcome=None, error=exc)
+        return replace(self, outcome=outcome, error=None)
+
+    def same_outcome(self, other: Call) -> bool:
+        """True when ``other`` is this call with an outcome the agent could not tell apart."""
+        if (self.error is None) != (other.error is None):
+            return False
+        if self.error is not None and other.error is not None:
+            return (type(self.error), self.error.errno) == (type(other.error), other.error.errno)
+        return _observable(self.outcome) == _observable(other.outcome)
+
+    def result(self) -> Any:
+        """The outcome as the caller gets it: returned, or the agent's ``OSError`` raised."""
+        if self.error is not None:
+            raise self.error
+        return self.outcome
+
+    def describe(self) -> str:
+        first = repr(self.args[0]) if self.args else ""
+        return f"{self.method}({first[:80]})"
+
+
+def _observable(outcome: Any) -> Any:
+    """What the agent can see of an outcome: an ExecResult without its timing."""
+    if isinstance(outcome, ExecResult):
+        return replace(outcome, duration_s=0.0)
+    return outcome
+
+
+@dataclass(frozen=True, slots=True)
+class Blame:
+    """The verdict that a call destroyed ``breaks`` sandboxes in a row, the last with
+    ``failure``: the agent caused it."""
+
+    failure: InfraError
+    breaks: int
+
+
+def destroyed_sandbox_result(call: Call, failure: InfraError, breaks: int) -> ExecResult:
+    """The agent's outcome for a command that destroyed its sandbox ``breaks`` times."""
+    message = (
+        f"gymbox: this command destroyed its sandbox ({failure.kind}), and did so again on "
+        f"{breaks - 1} fresh sandbox{'es' if breaks > 2 else ''} rebuilt from the earlier "
+        "calls; its effects are lost, and the sandbox is back as it was before it.\n"
+    )
+    return ExecResult(
+        exit_code=None, signal=int(signal.SIGKILL), stdout="", stderr=message,
+        stdout_bytes=0, stderr_bytes=len(message.encode()), truncated=False, timed_out=False,
+        oom_killed=False, duration_s=0.0, interpreter_reset=call.method == "run_python",
+    )
+
+
+@dataclass
+class _Lease:
+    sandbox: Sandbox
+    release: Callable[[], Awaitable[None]]
+
+
+async def take(source: Any) -> _Lease:
+    """One sandbox from ``source``: its ``acquire()`` is entered as an async context manager
+    (as :meth:`SandboxPool.acquire` is), and the lease's ``release`` exits it."""
+    stack = contextlib.AsyncExitStack()
+    sandbox = await stack.enter_async_context(source.acquire())
+    return _Lease(sandbox, stack.aclose)
+
+
+class RecoveringSandbox:
+    """A sandbox that survives infrastructure failures by rebuilding itself from its journal.
+
+    It has the call methods of :class:`~gymbox.runtime.Sandbox` (``exec``, ``run_python``,
+    ``write_file``, ``read_file``, ``list_dir``) with the same arguments and outcomes; calls are
+    serialised, so the journal's order is the order they ran in.
+
+    Raises (from any call):
+        InfraError: recovery gave up (the episode is to be masked); :class:`ReplayDiverged`
+            when the journal could not be replayed faithfully.
+    """
+
+    def __init__(self, source: RecoveringSandboxes) -> None:
+        self._source = source
+        self._lease: _Lease | None = None
+        self._journal: list[Call] = []
+        self._lock = asyncio.Lock()
+        self._closed = False
+        self.failure: InfraError | None = None
+        """The failure recovery gave up on, once it has."""
+
+    @property
+    def journal(self) -> Sequence[Call]:
+        """Every call that ran, in order, with its outcome."""
+        return tuple(self._journal)
+
+    @property
+    def sandbox(self) -> Sandbox | None:
+        """The sandbox serving calls now (None between a blamed call and the next call)."""
+        return self._lease.sandbox if self._lease is not None else None
+
+    async def exec(self, cmd: Any, **kwargs: Any) -> ExecResult:
+        return await self._call(Call("exec", (cmd,), tuple(kwargs.items())))
+
+    async def run_python(self, code: str, **kwargs: Any) -> ExecResult:
+        return await self._call(Call("run_python", (code,), tuple(kwargs.items())))
+
+    async def write_file(self, path: str, data: bytes | str, **kwargs: Any) -> None:
+        await self._call(Call("write_file", (path, data), tuple(kwargs.items())))
+
+    async def read_file(self, path: str) -> bytes:
+        return await self._call(Call("read_file", (path,), ()))
+
+    async def list_dir(self, path: str = ".") -> list[DirEntry]:
+        return await self._call(Call("list_dir", (path,), ()))
+
+    async def start(self) -> None:
+        """Take the first sandbox, trying as recovery does (a failed start is retry-safe).
+
+        Raises:
+            InfraError: attempts or time ran out.
+        """
+        async with self._lock:
+            await self._recover(None)
+
+    async def close(self) -> None:
+        """Give the sandbox back and report the episode's outcome to the circuit breaker."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._drop()
+        self._source.episode_ended(self.failure)
+
+    async def __aenter__(self) -> RecoveringSandbox:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    async def _call(self, call: Call) -> Any:
+        async with self._lock:
+            if self.failure is not None:
+                raise self.failure
+            if self._lease is None:
+                await self._rebuild()
+            assert self._lease is not None
+            try:
+                done = await call.run(self._lease.sandbox)
+            except InfraError as failure:
+                outcome = await self._recover_from(call, failure)
+                if isinstance(outcome, Blame):
+                    return destroyed_sandbox_result(call, outcome.failure, outcome.breaks)
+                done = outcome
+            self._journal.append(done)
+            return done.result()
+
+    async def _rebuild(self) -> None:
+        """A fresh sandbox with the journal replayed, after a call was blamed for breaking the
+        last one."""
+        try:
+            await self._recover(None)
+        except InfraError as exc:
+            self._source.metrics.masked[exc.kind] += 1
+            raise
+
+    async def _recover_from(self, call: Call, failure: InfraError) -> Call | Blame:
+        metrics = self._source.metrics
+        try:
+            outcome = await self._recover(call, failure)
+        except InfraError:
+            metrics.masked[failure.kind] += 1
+            raise
+        if isinstance(outcome, Blame):
+            metrics.agent_caused[outcome.failure.kind] += 1
+        else:
+            metrics.recovered[failure.kind] += 1
+        return outcome
+
+    async def _recover(self, call: Call | None, failure: InfraError | None = None
+                       ) -> Call | Blame | None:
+        """Rebuild on a fresh sandbox and run ``call`` there (only rebuild when it is None).
+
+        Returns the call with its new outcome, or a :class:`Blame` when the call broke
+        ``blame_after`` sandboxes in a row.
+
+        Raises:
+            InfraError: attempts or time ran out (``failure`` when it is known, with a note), or
+                the replay diverged (:class:`ReplayDiverged`) and the call did not break the
+                rebuild.
+        """
+        policy = self._source.policy
+        started = time.monotonic()
+        breaks = 1 if failure is not None and not failure.retry_safe else 0
+        last = failure
+        await self._drop()
+        for attempt in range(policy.max_attempts):
+            remaining = policy.deadline_s - (time.monotonic() - started)
+            if remaining <= 0:
+                break
+            try:
+                async with asyncio.timeout(remaining):
+                    self._lease = await take(self._source.source)
+                    diverged = await self._replay(self._lease.sandbox)
+                    if call is None:
+                        if diverged is not None:
+                            raise diverged
+                        return None
+                    try:
+                        done = await call.run(self._lease.sandbox)
+                    except InfraError as exc:
+                        # Only a failure during which the call may have run can be its doing.
+                        breaks += 0 if exc.retry_safe else 1
+                        if breaks >= policy.blame_after:
+                            await self._drop()
+                            return Blame(exc, breaks)
+                        raise
+                    if diverged is not None:
+                        raise diverged
+                    return done
+            except ReplayDiverged as exc:
+                await self._drop()
+                self.failure = exc
+                raise
+            except (InfraError, TimeoutError) as exc:
+                await self._drop()
+                last = exc if isinstance(exc, InfraError) else last
+                log.info("recovery attempt %d of %s failed: %s", attempt + 1,
+                         call.describe() if call else "a rebuild", exc)
+            left = policy.deadline_s - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, min(policy.backoff.delay(attempt), left)))
+        error = last or InfraError("recovery found no working sandbox")
+        error.add_note(f"gymbox recovery gave up after {policy.max_attempts} attempts or "
+                       f"{policy.deadline_s:g} s")
+        self.failure = error
+        raise error
+
+    async def _replay(self, sandbox: Sandbox) -> ReplayDiverged | None:
+        """Replay the journal into ``sandbox``; the first divergence found, if any."""
+        diverged = None
+        for recorded in self._journal:
+            again = await recorded.run(sandbox)
+            self._source.metrics.replays += 1
+            if diverged is None and not recorded.same_outcome(again):
+                diverged = ReplayDiverged(
+                    f"replaying {recorded.describe()} gave a different outcome than the first "
+                    "time (the call is not deterministic), so the sandbox's state cannot be "
+                    "rebuilt")
+        return diverged
+
+    async def _drop(self) -> None:
+        lease, self._lease = self._lease, None
+        if lease is not None:
+            with contextlib.suppress(InfraError):
+                await lease.release()
+
+
+class RecoveringSandboxes:
+    """A sandbox source whose sandboxes recover from infrastructure failures.
+
+    It is used as a :class:`~gymbox.runtime.pool.SandboxPool` is (``async with
+    sandboxes.acquire() as sandbox``) and wraps one, or anything with such an ``acquire``.
+    When a ``breaker`` is given, it is asked before each episode starts and told how each
+    episode ended.
+
+    Args:
+        source: where fresh sandboxes come from (the first one and every replacement).
+        policy: how hard recovery tries, and when the agent is blamed.
+        breaker: the circuit breaker on the infrastructure-failure rate, or None.
+        metrics: counters to add to (shared across sources if you like); a new one by default.
+
+    Example:
+        >>> async def main():  # doctest: +SKIP
+        ...     async with SandboxPool(size=4) as pool:
+        ...         sandboxes = RecoveringSandboxes(pool, breaker=InfraCircuitBreaker())
+        ...         env = gymnasium.make("gymbox/PythonMath-v0", sandboxes=sandboxes)
+        ...         async with sandboxes.acquire() as sandbox:  # or directly
+        ...             print((await sandbox.exec("echo hi", timeout=5)).stdout)
+    """
+
+    def __init__(self, source: Any, policy: RecoveryPolicy | None = None, *,
+                 breaker: InfraCircuitBreaker | None = None,
+                 metrics: RecoveryMetrics | None = None) -> None:
+        self.source = source
+        self.policy = policy or RecoveryPolicy()
+        self.breaker = breaker
+        self.metrics = metrics or RecoveryMetrics()
+
+    @contextlib.asynccontextmanager
+    async def acquire(self) -> AsyncIterator[RecoveringSandbox]:
+        """A recovering sandbox for one episode, given back when the ``async with`` ends.
+
+        Raises:
+            InfraFailureRateExceeded: the breaker says the run must stop.
+            InfraError: no first sandbox could be had.
+        """
+        if self.breaker is not None:
+            await self.breaker.admit()
+        sandbox = RecoveringSandbox(self)
+        try:
+            await sandbox.start()
+        except InfraError as exc:
+            self.metrics.start_failed[exc.kind] += 1
+            self.episode_ended(exc)
+            raise
+        try:
+            yield sandbox
+        finally:
+            await asyncio.shield(sandbox.close())
+
+    def episode_ended(self, failure: InfraError | None) -> None:
+        if self.breaker is not None:
+            self.breaker.record(failure.kind if failure is not None else None)

@@ -1,0 +1,431 @@
+"""Sandbox: run an agent's commands and Python cells, and touch its files.
+
+Async first. Every call validates its arguments before anything runs (:class:`InvalidRequest`),
+returns the agent's outcome as an :class:`ExecResult`, and raises an :class:`InfraError` only
+when the platform failed:
+
+* no answer within the call's backstop (``timeout + grace_s + backstop_margin_s`` of the spec):
+  :class:`SandboxUnresponsive`;
+* the supervisor's stream ended and the instance is gone or stopped: :class:`SandboxDied`;
+* the stream ended but the instance still runs, after the request had been sent: the command may
+  have run and the answer is lost, so :class:`AmbiguousExecution` (requests are never re-sent);
+* the engine cannot be asked: :class:`EngineUnavailable`.
+
+After any of these the sandbox is broken: every later call raises :class:`SandboxDied` with
+``retry_safe=True`` (nothing was sent), and the caller takes a fresh sandbox.
+
+File operations run as the agent's uid; their own failures (no such file, permission denied)
+raise the matching built-in ``OSError`` subclass, as ``open()`` would.
+
+:class:`SyncSandbox` is the sync twin for Gymnasium's sync API: it owns a :class:`Sandbox` that
+lives on one background event-loop thread shared by every sync object in the process, and each
+method blocks on the coroutine run there.
+
+Example:
+    >>> async def main():
+    ...     async with await Sandbox.open() as sandbox:
+    ...         result = await sandbox.exec("echo hello", timeout=10)
+    ...         return result.stdout
+    >>> asyncio.run(main())  # doctest: +SKIP
+    'hello\\n'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import math
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from gymbox.runtime.backend import Backend, Instance, InstanceState
+from gymbox.runtime.channel import Channel, Garbled, LinkLost, RemoteError
+from gymbox.runtime.errors import (
+    AmbiguousExecution,
+    InfraError,
+    InvalidRequest,
+    SandboxDied,
+    SandboxStartError,
+    SandboxUnresponsive,
+    SupervisorFault,
+)
+from gymbox.runtime.result import ExecResult
+from gymbox.runtime.spec import SandboxSpec
+
+T = TypeVar("T")
+
+READY_TIMEOUT_S = 30.0
+FILE_OP_BACKSTOP_S = 35.0  # the supervisor gives up on a file operation after 30 s
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of :meth:`Sandbox.list_dir`."""
+
+    name: str
+    kind: Literal["file", "dir", "symlink", "other"]
+    size: int
+
+
+class Sandbox:
+    """One isolated place to run an agent's tool calls. Make one with :meth:`open`.
+
+    Calls may run concurrently; each is matched to its answer by id.
+    """
+
+    def __init__(self, instance: Instance, channel: Channel, spec: SandboxSpec,
+                 backend_name: str) -> None:
+        self._instance = instance
+        self._channel = channel
+        self.spec = spec
+        self.backend_name = backend_name
+        self._broken: InfraError | None = None
+        self._closed = False
+        self._lease_task = asyncio.create_task(self._renew_lease())
+
+    @classmethod
+    async def open(cls, spec: SandboxSpec | None = None, *,
+                   backend: Backend | None = None) -> Sandbox:
+        """Start a sandbox and wait until its supervisor answers.
+
+        ``backend`` defaults to :func:`gymbox.runtime.select_backend` (Docker when an engine
+        answers, else the local fallback with a warning).
+
+        Raises:
+            SandboxStartError, EngineUnavailable, ImageMissing: no sandbox could be started;
+                nothing is left behind.
+        """
+        from gymbox.runtime.backends import select_backend
+
+        spec = spec or SandboxSpec()
+        backend = backend or select_backend()
+        instance = await backend.launch(spec)
+        channel = Channel(instance.link)
+        try:
+            await channel.wait_ready(READY_TIMEOUT_S)
+        except BaseException as exc:
+            channel.close()
+            with contextlib.suppress(Exception):
+                await asyncio.shield(instance.destroy())
+            if isinstance(exc, LinkLost | Garbled | TimeoutError):
+                raise SandboxStartError(
+                    f"the supervisor did not start in {spec.image} (does the image have "
+                    f"python3 at /usr/bin/python3?): {exc}", cause=exc) from exc
+            raise
+        return cls(instance, channel, spec, backend.name)
+
+    @property
+    def id(self) -> str:
+        """The backend's id of this sandbox (the container id for Docker)."""
+        return self._instance.id
+
+    @property
+    def workdir(self) -> str:
+        """The agent's working directory: where relative paths and commands start."""
+        return self._instance.workdir
+
+    @property
+    def instance(self) -> Instance:
+        """The backend's handle, for fault injection and diagnostics."""
+        return self._instance
+
+    @property
+    def broken(self) -> InfraError | None:
+        """The failure that made this sandbox unusable, or None while it is healthy."""
+        return self._broken
+
+    async def exec(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecResult:
+        """Run a command as the agent and return what it did.
+
+        ``cmd`` is a shell string (run by ``/bin/sh -c``) or an argv list. The command gets its
+        own session, stdin at EOF unless ``stdin`` is given, and ``timeout`` seconds (default
+        ``spec.default_timeout_s``) before SIGTERM, then SIGKILL after ``spec.grace_s``.
+
+        Raises:
+            InvalidRequest: bad arguments; nothing ran.
+            InfraError: the platform failed (see the module docstring).
+
+        Example:
+            >>> (await sandbox.exec(["echo", "hi"], timeout=5)).stdout  # doctest: +SKIP
+            'hi\\n'
+        """
+        argv = _argv(cmd)
+        deadline = self._timeout(timeout)
+        fields: dict[str, Any] = {"argv": argv, "timeout": deadline, "grace": self.spec.grace_s,
+                                  "cap": self.spec.output_cap_bytes}
+        if cwd is not None:
+            fields["cwd"] = _text("cwd", cwd)
+        if env is not None:
+            fields["env"] = _env(env)
+        if stdin is not None:
+            if not isinstance(stdin, bytes | str):
+                raise InvalidRequest(f"stdin must be bytes or str, got {type(stdin).__name__}")
+            data = stdin.encode() if isinstance(stdin, str) else stdin
+            fields["stdin"] = base64.b64encode(data).decode()
+        answer = await self._call("exec", self._backstop(deadline),
+                                  fields)
+        return _result(answer)
+
+    async def run_python(self, code: str, *, timeout: float | None = None) -> ExecResult:
+        """Run a cell in the sandbox's persistent Python interpreter, as the agent.
+
+        Names defined by one cell are visible to the next. The value of a final expression is
+        printed (like a notebook). An exception gives ``exit_code=1`` and the traceback on
+        stderr. A timeout or a crash kills the interpreter: the result says
+        ``interpreter_reset=True`` and the next cell starts from a fresh one.
+
+        Example:
+            >>> await sandbox.run_python("x = 20")  # doctest: +SKIP
+            >>> (await sandbox.run_python("x * 2 + 2")).stdout  # doctest: +SKIP
+            '42\\n'
+        """
+        if not isinstance(code, str):
+            raise InvalidRequest(f"code must be a str of Python source, got {type(code).__name__}")
+        if "\0" in code:
+            raise InvalidRequest("code contains a NUL byte, which Python source cannot contain")
+        deadline = self._timeout(timeout)
+        answer = await self._call(
+            "python", self._backstop(deadline),
+            {"code": code, "timeout": deadline, "grace": self.spec.grace_s,
+             "cap": self.spec.output_cap_bytes},
+        )
+        return _result(answer)
+
+    async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
+        """Write ``data`` to ``path`` (relative to :attr:`workdir`), creating parent folders.
+
+        Raises:
+            PermissionError, IsADirectoryError, OSError: the agent may not write there.
+        """
+        if not isinstance(data, bytes | str):
+            raise InvalidRequest(f"data must be bytes or str, got {type(data).__name__}")
+        raw = data.encode() if isinstance(data, str) else data
+        await self._call("write", FILE_OP_BACKSTOP_S, {
+            "path": _text("path", path), "data": base64.b64encode(raw).decode(), "mode": mode})
+
+    async def read_file(self, path: str) -> bytes:
+        """The bytes of ``path`` (at most ``spec.read_limit_bytes``; a larger file raises
+        ``OSError(EFBIG)``)."""
+        answer = await self._call("read", FILE_OP_BACKSTOP_S, {
+            "path": _text("path", path), "limit": self.spec.read_limit_bytes})
+        return base64.b64decode(answer["data"])
+
+    async def list_dir(self, path: str = ".") -> list[DirEntry]:
+        """The entries of the folder ``path``, sorted by name."""
+        answer = await self._call("list", FILE_OP_BACKSTOP_S, {"path": _text("path", path)})
+        return [DirEntry(e["name"], e["kind"], e["size"]) for e in answer["entries"]]
+
+    async def ping(self, *, timeout: float = 5.0) -> None:
+        """Check that the supervisor answers (used by the pool's health check)."""
+        await self._call("ping", timeout, {})
+
+    async def close(self) -> None:
+        """Destroy the sandbox and everything in it. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._lease_task.cancel()
+        self._channel.close()
+        await self._instance.destroy()
+
+    async def __aenter__(self) -> Sandbox:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await self.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _timeout(self, timeout: float | None) -> float:
+        if timeout is None:
+            return float(self.spec.default_timeout_s)
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise InvalidRequest(f"timeout must be a number of seconds, got {timeout!r}")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise InvalidRequest(
+                f"timeout must be a positive, finite number of seconds, got {timeout!r}; "
+                "pass e.g. timeout=10")
+        return float(timeout)
+
+    def _backstop(self, deadline: float) -> float:
+        return deadline + self.spec.grace_s + self.spec.backstop_margin_s
+
+    async def _call(self, op: str, backstop_s: float, fields: dict[str, Any]) -> dict[str, Any]:
+        if self._closed:
+            raise InvalidRequest("this sandbox is closed; open a new one")
+        if self._broken is not None:
+            error = SandboxDied(f"this sandbox is broken ({self._broken}); take a fresh one",
+                                cause=self._broken)
+            error.retry_safe = True
+            raise error
+        try:
+            return await self._channel.call(op, backstop_s, **fields)
+        except RemoteError as exc:
+            raise _remote(exc) from None
+        except TimeoutError as exc:
+            self._broken = SandboxUnresponsive(
+                f"the supervisor did not answer {op!r} within the {backstop_s:.1f} s backstop",
+                cause=exc)
+        except Garbled as exc:
+            self._broken = SupervisorFault(str(exc), cause=exc)
+        except LinkLost as exc:
+            self._broken = await self._diagnose(exc)
+        raise self._broken
+
+    async def _diagnose(self, lost: LinkLost) -> InfraError:
+        """Why did the stream end? The instance's state decides (may raise EngineUnavailable)."""
+        try:
+            state = await self._instance.state()
+        except InfraError as exc:
+            return exc
+        if state is not InstanceState.RUNNING:
+            return SandboxDied(f"the sandbox {state.value} ({lost})", cause=lost)
+        if lost.sent:
+            return AmbiguousExecution(
+                f"the supervisor stream broke after the request was sent ({lost}); "
+                "it may have run, and its result is lost", cause=lost)
+        error = SandboxDied(f"the supervisor stream is gone ({lost})", cause=lost)
+        error.retry_safe = True
+        return error
+
+    async def _renew_lease(self) -> None:
+        period = self.spec.lease_s / 3
+        while True:
+            await asyncio.sleep(period)
+            with contextlib.suppress(Exception):  # a failure here surfaces on the next call
+                await self._channel.call("lease", period, seconds=self.spec.lease_s)
+
+
+def _text(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{name} must be a non-empty str, got {value!r}")
+    if "\0" in value:
+        raise InvalidRequest(f"{name} contains a NUL byte: {value!r}")
+    return value
+
+
+def _argv(cmd: str | Sequence[str]) -> list[str]:
+    if isinstance(cmd, str):
+        if not cmd.strip():
+            raise InvalidRequest("the command is empty; pass a shell string or an argv list")
+        return ["/bin/sh", "-c", _text("command", cmd)]
+    if isinstance(cmd, bytes) or not isinstance(cmd, Sequence):
+        raise InvalidRequest(f"the command must be a str or a list of str, got {cmd!r}")
+    argv = list(cmd)
+    if not argv:
+        raise InvalidRequest("the argv list is empty; give at least the program to run")
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise InvalidRequest(f"argv[{index}] must be a str, got {arg!r}")
+        if "\0" in arg:
+            raise InvalidRequest(f"argv[{index}] contains a NUL byte: {arg!r}")
+    if not argv[0]:
+        raise InvalidRequest("argv[0] is empty; name the program to run")
+    return argv
+
+
+def _env(env: Mapping[str, str]) -> dict[str, str]:
+    checked = {}
+    for key, value in env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise InvalidRequest(f"environment variable name {key!r} is not valid")
+        if not isinstance(value, str) or "\0" in value:
+            raise InvalidRequest(f"environment variable {key} must be a str without NUL bytes")
+        checked[key] = value
+    return checked
+
+
+def _result(answer: dict[str, Any]) -> ExecResult:
+    try:
+        return ExecResult(**answer)
+    except TypeError as exc:
+        raise SupervisorFault(f"the supervisor's result does not fit ExecResult: {exc}",
+                              cause=exc) from exc
+
+
+def _remote(exc: RemoteError) -> Exception:
+    if exc.kind == "OSError" and exc.errno is not None:
+        return OSError(exc.errno, str(exc))
+    if exc.kind == "InvalidRequest":
+        return InvalidRequest(str(exc))
+    return SupervisorFault(f"the supervisor failed: {exc}", cause=exc)
+
+
+class _LoopThread:
+    """The one background event loop that every sync facade in the process runs on."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    @classmethod
+    def run(cls, coro: Coroutine[Any, Any, T]) -> T:
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                threading.Thread(target=cls._loop.run_forever, name="gymbox-sync-loop",
+                                 daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(coro, cls._loop).result()
+
+
+class SyncSandbox:
+    """The blocking twin of :class:`Sandbox`, with the same methods and semantics.
+
+    Example:
+        >>> with SyncSandbox.open() as sandbox:  # doctest: +SKIP
+        ...     print(sandbox.run_python("6 * 7").stdout)
+        42
+    """
+
+    def __init__(self, sandbox: Sandbox) -> None:
+        self.sandbox = sandbox
+
+    @classmethod
+    def open(cls, spec: SandboxSpec | None = None, *,
+             backend: Backend | None = None) -> SyncSandbox:
+        return cls(_LoopThread.run(Sandbox.open(spec, backend=backend)))
+
+    @property
+    def id(self) -> str:
+        return self.sandbox.id
+
+    @property
+    def workdir(self) -> str:
+        return self.sandbox.workdir
+
+    def exec(self, cmd: str | Sequence[str], *, timeout: float | None = None,
+             cwd: str | None = None, env: Mapping[str, str] | None = None,
+             stdin: bytes | str | None = None) -> ExecResult:
+        return _LoopThread.run(self.sandbox.exec(cmd, timeout=timeout, cwd=cwd, env=env,
+                                                 stdin=stdin))
+
+    def run_python(self, code: str, *, timeout: float | None = None) -> ExecResult:
+        return _LoopThread.run(self.sandbox.run_python(code, timeout=timeout))
+
+    def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
+        _LoopThread.run(self.sandbox.write_file(path, data, mode=mode))
+
+    def read_file(self, path: str) -> bytes:
+        return _LoopThread.run(self.sandbox.read_file(path))
+
+    def list_dir(self, path: str = ".") -> list[DirEntry]:
+        return _LoopThread.run(self.sandbox.list_dir(path))
+
+    def close(self) -> None:
+        _LoopThread.run(self.sandbox.close())
+
+    def __enter__(self) -> SyncSandbox:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

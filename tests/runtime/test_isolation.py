@@ -1,0 +1,101 @@
+"""What the agent cannot do in a Docker sandbox, and that the sandbox keeps serving after it tried.
+
+Isolation is the Docker backend's promise (the local backend warns that it makes none), so these
+tests run against the real engine only.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gymbox.runtime import DockerBackend, Sandbox, SandboxSpec
+
+pytestmark = pytest.mark.docker
+
+SPEC = SandboxSpec(grace_s=0.5, memory_mb=128, pids_limit=64, workspace_mb=8,
+                   backstop_margin_s=2.0)
+
+
+@pytest.fixture
+async def sandbox():
+    sb = await Sandbox.open(SPEC, backend=DockerBackend())
+    yield sb
+    await sb.close()
+
+
+async def serves(sandbox) -> bool:
+    return (await sandbox.exec("echo serving", timeout=10)).stdout == "serving\n"
+
+
+async def test_the_container_carries_every_isolation_default(sandbox, engine_client):
+    info = engine_client.api.inspect_container(sandbox.id)
+    host = info["HostConfig"]
+    assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
+    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
+    assert host["SecurityOpt"] == ["no-new-privileges"]
+    assert host["PidsLimit"] == 64 and host["Init"] is True
+    assert host["Memory"] == host["MemorySwap"] == 128 * 2**20
+    assert host["NanoCpus"] == 10**9
+    assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": 1024,
+                                                               "fsize": 256 * 2**20}
+    assert host["Tmpfs"]["/workspace"].startswith("size=8m")
+    assert host["AutoRemove"] is True
+    labels = info["Config"]["Labels"]
+    assert labels["gymbox"] == "1"
+    assert {"gymbox.owner_pid", "gymbox.host", "gymbox.run_id", "gymbox.lease_expiry"} <= set(
+        labels)
+
+
+async def test_the_agent_has_no_capabilities_and_cannot_gain_any(sandbox):
+    status = (await sandbox.exec("grep -E '^(CapEff|CapPrm|NoNewPrivs)' /proc/self/status",
+                                 timeout=10)).stdout
+    assert "CapEff:\t0000000000000000" in status and "CapPrm:\t0000000000000000" in status
+    assert "NoNewPrivs:\t1" in status
+    su = await sandbox.exec(["python3", "-c", "import os; os.setuid(0)"], timeout=10)
+    assert su.exit_code == 1 and "PermissionError" in su.stderr
+
+
+async def test_network_is_unreachable(sandbox):
+    result = await sandbox.exec(
+        ["python3", "-c", "import socket; socket.create_connection(('1.1.1.1', 53), timeout=2)"],
+        timeout=10)
+    assert result.exit_code == 1 and "Network is unreachable" in result.stderr
+    assert await serves(sandbox)
+
+
+async def test_writes_outside_the_workspace_fail(sandbox):
+    for target in ("/etc/passwd", "/usr/bin/evil", "/run/gymbox/lease", "/home/sandbox/x"):
+        result = await sandbox.exec(f"echo x > {target}", timeout=10)
+        assert result.exit_code != 0, target
+    assert (await sandbox.exec("echo ok > /workspace/f && echo ok > /tmp/f", timeout=10)).ok
+
+
+async def test_workspace_size_is_capped(sandbox):
+    result = await sandbox.exec("head -c 20000000 /dev/zero > big", timeout=20)
+    assert result.exit_code != 0 and "No space left" in result.stderr
+    assert await serves(sandbox)
+
+
+async def test_killing_every_visible_process_leaves_the_supervisor(sandbox):
+    result = await sandbox.exec("kill -9 -1; kill -9 1; echo $?", timeout=10)
+    assert result.stdout.strip().endswith("1")  # PID 1 is root's: not permitted
+    assert await serves(sandbox)
+
+
+async def test_fork_bomb_is_contained(sandbox):
+    result = await sandbox.exec("bomb() { bomb | bomb & }; bomb; sleep 2", timeout=3)
+    assert not result.oom_killed
+    left = await sandbox.exec("ls /proc | grep -c '^[0-9]'", timeout=10)
+    assert int(left.stdout) < 12  # init, the lease loop, the supervisor and this command
+    assert await serves(sandbox)
+
+
+async def test_memory_bomb_is_reported_as_oom(sandbox):
+    result = await sandbox.exec(["python3", "-c", "x = b'x' * (400 * 2**20)"], timeout=30)
+    assert result.oom_killed and result.signal == 9 and not result.timed_out
+    shell = await sandbox.exec("python3 -c \"x = b'x' * (400 * 2**20)\"", timeout=30)
+    assert shell.oom_killed and shell.exit_code == 137
+    assert await serves(sandbox)
+    cell = await sandbox.run_python("x = b'x' * (400 * 2**20)", timeout=30)
+    assert cell.oom_killed and cell.interpreter_reset
+    assert (await sandbox.run_python("1 + 1", timeout=10)).stdout == "2\n"
