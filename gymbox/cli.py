@@ -7,6 +7,7 @@ says what to do; :func:`main` prints it on one line and exits non-zero, without 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -86,8 +87,97 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove gymbox containers whose owner process has exited (or all of them with --all)."""
+    from gymbox.runtime.cleanup import reap
+
+    reaped = reap(everything=args.all)
+    for item in reaped:
+        console.print(f"removed {item.container_id[:12]}: {item.reason}")
+    console.print(f"{len(reaped)} container(s) removed")
+    return 0
+
+
+def cmd_play(args: argparse.Namespace) -> int:
+    """Play an env by hand: you are the agent."""
+    import gymnasium
+
+    from gymbox.envs import play
+
+    if args.env_id not in gymnasium.registry:
+        known = ", ".join(sorted(k for k in gymnasium.registry if k.startswith("gymbox/")))
+        raise GymboxError(f"unknown env {args.env_id!r}; registered gymbox envs: {known}")
+    info = play(args.env_id, seed=args.seed)
+    return 0 if info.get("status") != "infra_failed" else 1
+
+
+def _train_config(args: argparse.Namespace):
+    from gymbox.agents.config import load_config
+    from gymbox.agents.train import TrainConfig
+
+    overrides = list(args.set or [])
+    for flag, key in (("env", "env"), ("model", "model"), ("run_dir", "run_dir"),
+                      ("steps", "steps"), ("seed", "seed"), ("max_staleness", "max_staleness"),
+                      ("reward", "reward.mode")):
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides.append(f"{key}={json.dumps(value)}")
+    return load_config(TrainConfig, args.config, overrides)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a policy on an env with GRPO-family updates; see `gymbox train --help`."""
+    from gymbox.agents.train import train
+
+    summary = train(_train_config(args), console=console, resume=args.resume,
+                    evaluate_before=not args.no_eval)
+    return 130 if summary.interrupted else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Held-out accuracy and pass@k of a model (or a training checkpoint)."""
+    import asyncio
+
+    from gymbox.agents.train import evaluate, load_policy, make_env_factory
+
+    config = _train_config(args)
+    policy = load_policy(config.model, checkpoint=args.checkpoint)
+    result = asyncio.run(evaluate(
+        policy, make_env_factory(config), config.eval, max_turns=config.max_turns,
+        max_tokens=config.max_tokens, max_new_tokens=config.sampling.max_new_tokens,
+    ))
+    console.print(
+        f"{config.env}: accuracy {result.accuracy:.3f}, pass@{result.k} {result.pass_at_k:.3f} "
+        f"on {result.episodes} held-out tasks (valid {result.valid_fraction:.0%})"
+    )
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    """Draw a run's metrics as a PNG."""
+    from gymbox.agents.metrics import plot_metrics
+
+    try:
+        out = plot_metrics(args.run_dir, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        raise GymboxError(str(exc)) from exc
+    console.print(f"wrote {out}")
+    return 0
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE", help="a TOML or YAML config")
+    parser.add_argument("--set", metavar="KEY=VALUE", action="append",
+                        help="override a config value, e.g. --set optim.learning_rate=1e-5")
+    parser.add_argument("--env", help="env id (default: gymbox/Calculator-v0)")
+    parser.add_argument("--model", help="a transformers model dir or a GGUF file "
+                        "(default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--run-dir", dest="run_dir", help="where the run is written")
+    parser.add_argument("--seed", type=int)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gymbox", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="gymbox", description="RL for LLM agents in sandboxed tool environments.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     doctor = commands.add_parser("doctor", help="check the engine, the backend and the image")
@@ -107,6 +197,36 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(run=cmd_image_build)
     listing = image_commands.add_parser("list", help="list gymbox images")
     listing.set_defaults(run=cmd_image_list)
+
+    gc = commands.add_parser("gc", help="remove containers that crashed runs left behind")
+    gc.add_argument("--all", action="store_true",
+                    help="remove every gymbox container, live runs' included")
+    gc.set_defaults(run=cmd_gc)
+
+    play = commands.add_parser("play", help="play an env by hand, as the agent")
+    play.add_argument("env_id", help="e.g. gymbox/PythonMath-v0")
+    play.add_argument("--seed", type=int, help="task seed")
+    play.set_defaults(run=cmd_play)
+
+    train = commands.add_parser("train", help="train a policy with RL")
+    _add_run_options(train)
+    train.add_argument("--steps", type=int, help="optimiser steps")
+    train.add_argument("--max-staleness", dest="max_staleness", type=int,
+                       help="0 = synchronous on-policy; more overlaps sampling and updates")
+    train.add_argument("--reward", choices=["gold", "intrinsic", "mixed"])
+    train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    train.add_argument("--no-eval", action="store_true", help="skip the evaluation before")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="held-out accuracy and pass@k")
+    _add_run_options(evaluate)
+    evaluate.add_argument("--checkpoint", metavar="DIR", help="a checkpoints/step-N directory")
+    evaluate.set_defaults(run=cmd_eval)
+
+    plot = commands.add_parser("plot", help="draw a run's metrics as a PNG")
+    plot.add_argument("run_dir", help="a run directory (holds metrics.jsonl)")
+    plot.add_argument("-o", "--output", help="PNG path (default: RUN_DIR/metrics.png)")
+    plot.set_defaults(run=cmd_plot)
     return parser
 
 

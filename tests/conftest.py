@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterator
 
 import docker
+import docker.errors
 import pytest
 
 from gymbox.runtime import engine
+from gymbox.runtime.cleanup import owner_alive
 from gymbox.runtime.errors import EngineUnavailable
 
 LABEL = "gymbox"
 
 
-def _gymbox_containers(client: docker.DockerClient) -> set[str]:
-    return {c.id for c in client.containers.list(all=True, filters={"label": LABEL})}
+def _gymbox_containers(client: docker.DockerClient) -> dict[str, dict[str, str]]:
+    """id → labels; ``sparse`` lists without inspecting each one, which races with removals."""
+    listed = client.containers.list(all=True, sparse=True, filters={"label": LABEL})
+    return {c.id: c.attrs.get("Labels") or {} for c in listed}
+
+
+def _ours(labels: dict[str, str]) -> bool:
+    """Made by this test process, or by a subprocess of it that has exited since. Containers of
+    other live processes (another test run on the same engine) are not ours to judge."""
+    return labels.get(f"{LABEL}.owner_pid") == str(os.getpid()) or not owner_alive(labels)
 
 
 @pytest.fixture(scope="session")
@@ -36,10 +48,12 @@ def no_leaked_containers() -> Iterator[None]:
     except EngineUnavailable:
         yield
         return
-    before = _gymbox_containers(client)
+    before = set(_gymbox_containers(client))
     yield
-    leaked = _gymbox_containers(client) - before
+    leaked = [cid for cid, labels in _gymbox_containers(client).items()
+              if cid not in before and _ours(labels)]
     for container_id in leaked:
-        client.containers.get(container_id).remove(force=True)
+        with contextlib.suppress(docker.errors.NotFound):
+            client.api.remove_container(container_id, force=True)
     client.close()
     assert not leaked, f"{len(leaked)} gymbox containers were left behind by the tests"

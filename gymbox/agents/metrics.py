@@ -94,7 +94,7 @@ def plot_metrics(run_dir: str | Path, output: str | Path | None = None) -> Path:
     fig, axes = plt.subplots(lines, columns, figsize=(11, 3.2 * lines), squeeze=False)
     for ax, (title, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
-            points = [(row["step"], row[key]) for row in rows if key in row and row[key] is not None]
+            points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="." if len(points) < 40 else None, label=key)

@@ -14,6 +14,7 @@ Example:
 from gymbox.envs.core import (
     ChatText,
     Reply,
+    SandboxSource,
     Status,
     Task,
     ToolEnv,
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidOption",
     "ParsedCalls",
     "Reply",
+    "SandboxSource",
     "Status",
     "Task",
     "Tool",

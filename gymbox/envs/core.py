@@ -26,7 +26,7 @@ import math
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import gymnasium
 import numpy as np
@@ -52,8 +52,11 @@ Status = Literal["running", "completed", "truncated", "infra_failed"]
 Message = dict[str, Any]
 T = TypeVar("T")
 
-MAX_TEXT_CHARS = 1 << 20
-"""The longest observation or action the spaces hold (1 MiB of characters)."""
+MAX_ACTION_CHARS = 1 << 20
+"""The longest action the action space holds (1 Mi characters)."""
+MAX_OBSERVATION_CHARS = 1 << 24
+"""The longest observation the observation space holds: up to 16 calls a turn, each with up to
+64 KiB of stdout and of stderr by default, stay well inside it."""
 
 
 class ChatText(spaces.Text):
@@ -63,7 +66,7 @@ class ChatText(spaces.Text):
     all of Unicode, so membership here only bounds the length. Samples are printable ASCII.
     """
 
-    def __init__(self, max_length: int = MAX_TEXT_CHARS, *, seed: int | None = None) -> None:
+    def __init__(self, max_length: int, *, seed: int | None = None) -> None:
         printable = "".join(chr(c) for c in range(32, 127)) + "\n\t"
         super().__init__(max_length=max_length, min_length=0, charset=printable, seed=seed)
 
@@ -72,6 +75,13 @@ class ChatText(spaces.Text):
 
     def __repr__(self) -> str:
         return f"ChatText(max_length={self.max_length})"
+
+
+class SandboxSource(Protocol):
+    """Where an env gets one sandbox per episode: a :class:`~gymbox.runtime.SandboxPool`, or
+    anything used the same way (``RecoveringSandboxes``)."""
+
+    def acquire(self) -> contextlib.AbstractAsyncContextManager[Sandbox]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +180,11 @@ class ToolEnv(gymnasium.Env[str, str]):
             replies), counted by ``count_tokens``; None for no budget.
         count_tokens: the tokenizer's count, e.g. ``lambda s: len(tok.encode(s))``.
         max_action_chars: a longer turn is not parsed; the agent is told it was too long.
-        sandboxes: a started :class:`~gymbox.runtime.SandboxPool` (shared by many envs) that
-            gives each episode a fresh sandbox; None makes a private one-sandbox pool of
-            ``sandbox_spec`` on first use, closed by ``close``.
+        sandboxes: a started :class:`~gymbox.runtime.SandboxPool` (shared by many envs), or
+            another :class:`SandboxSource`, that gives each episode a fresh sandbox. It must
+            live on the loop that drives the env, so pass one only with the async API. None
+            makes a private one-sandbox pool of ``sandbox_spec`` on first use, closed by
+            ``close``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
@@ -191,7 +203,7 @@ class ToolEnv(gymnasium.Env[str, str]):
         max_tokens: int | None = None,
         count_tokens: Callable[[str], int] = approx_token_count,
         max_action_chars: int = 32_768,
-        sandboxes: SandboxPool | None = None,
+        sandboxes: SandboxSource | None = None,
         render_mode: str | None = None,
     ) -> None:
         if max_turns < 1:
@@ -203,8 +215,8 @@ class ToolEnv(gymnasium.Env[str, str]):
         self.count_tokens = count_tokens
         self.max_action_chars = max_action_chars
         self.render_mode = render_mode
-        self.observation_space = ChatText()
-        self.action_space = ChatText()
+        self.observation_space = ChatText(MAX_OBSERVATION_CHARS)
+        self.action_space = ChatText(MAX_ACTION_CHARS)
         self._sandboxes = sandboxes
         self._private_pool: SandboxPool | None = None
         self._episode_resources = contextlib.AsyncExitStack()

@@ -5,7 +5,8 @@ Two call formats are understood, several calls per turn, with any text around th
 * Hermes/Qwen: ``<tool_call>{"name": "python", "arguments": {"code": "print(1)"}}</tool_call>``
   (the closing tag may be missing, as when generation stops on it);
 * plain JSON: ``{"name": "python", "arguments": {...}}`` anywhere in the text, fenced or not,
-  used only when the text has no ``<tool_call>`` tag.
+  used only when the text has no ``<tool_call>`` tag; an object needs both keys to count, so
+  JSON data quoted in prose is left alone.
 
 ``arguments`` may also be spelled ``parameters``, and may be a JSON-encoded string (the OpenAI
 wire format). A call that cannot be read becomes a message in :attr:`ParsedCalls.errors`, for the
@@ -40,7 +41,8 @@ _MAX_PLAIN_CANDIDATES = 64
 _OPEN, _CLOSE = "<tool_call>", "</tool_call>"
 _PLAIN_START = re.compile(r'\{\s*"(?:name|arguments|parameters)"\s*:')
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_DECODER = json.JSONDecoder()
+# strict=False lets strings hold raw newlines and tabs: models often write code that way.
+_DECODER = json.JSONDecoder(strict=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,9 @@ def _from_plain_json(text: str) -> ParsedCalls:
         except (ValueError, RecursionError):
             position = match.end()
             continue
+        position = end
+        if not _looks_like_call(value):
+            continue  # JSON data in prose ({"name": "Bob", "age": 3}) is not a call
         number = len(calls) + len(errors) + 1
         if number > MAX_CALLS_PER_TURN:
             errors.append(f"only {MAX_CALLS_PER_TURN} tool calls are read per turn")
@@ -145,8 +150,13 @@ def _from_plain_json(text: str) -> ParsedCalls:
             calls.append(call_or_error)
         else:
             errors.append(call_or_error)
-        position = end
     return ParsedCalls(tuple(calls), tuple(errors))
+
+
+def _looks_like_call(value: Any) -> bool:
+    return isinstance(value, dict) and "name" in value and (
+        "arguments" in value or "parameters" in value
+    )
 
 
 def _call_from_object(value: Any, number: int) -> ToolCall | str:
@@ -161,7 +171,7 @@ def _call_from_object(value: Any, number: int) -> ToolCall | str:
     arguments = value.get("arguments", value.get("parameters", {}))
     if isinstance(arguments, str):
         try:
-            arguments = json.loads(arguments) if arguments.strip() else {}
+            arguments = _DECODER.decode(arguments) if arguments.strip() else {}
         except (ValueError, RecursionError) as exc:
             return (
                 f'tool call {number} ({name}): "arguments" is a string that is not JSON '

@@ -34,7 +34,7 @@ import inspect
 import re
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -114,10 +114,7 @@ class Tool:
             kwargs[SANDBOX_PARAMETER] = sandbox
         if inspect.iscoroutinefunction(self.function):
             return await self.function(**kwargs)
-        result = await asyncio.to_thread(self.function, **kwargs)
-        if inspect.isawaitable(result):
-            return await typing.cast(Awaitable[Any], result)
-        return result
+        return await asyncio.to_thread(self.function, **kwargs)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly, as if it were not decorated."""
@@ -137,7 +134,13 @@ def tool(function: Callable[..., Any]) -> Tool:
     """
     name = function.__name__
     signature = inspect.signature(function)
-    hints = typing.get_type_hints(function)
+    try:
+        hints = typing.get_type_hints(function)
+    except NameError as exc:
+        raise ToolDefinitionError(
+            f"tool {name!r}: an annotation cannot be resolved ({exc}); import the type at module "
+            "level, not only under TYPE_CHECKING"
+        ) from exc
     summary, arg_docs = _parse_docstring(inspect.getdoc(function), name)
     properties: dict[str, Any] = {}
     required: list[str] = []

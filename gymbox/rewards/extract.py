@@ -40,8 +40,8 @@ def boxed(text: str) -> str | None:
     if start >= len(text):
         return None
     if text[start] != "{":
-        token = text[start:].split(maxsplit=1)
-        return token[0].rstrip("$.") or None if token else None
+        words = text[start:].split(maxsplit=1)
+        return (words[0].rstrip("$.") or None) if words else None
     depth = 0
     for index in range(start, len(text)):
         if text[index] == "{":

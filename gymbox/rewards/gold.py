@@ -184,8 +184,10 @@ def _pytest_rate(text: str) -> float | None:
     for line in reversed(text.splitlines()):
         counts = _PYTEST_COUNT.findall(line)
         if counts and _PYTEST_DURATION.search(line):
-            by_kind = {kind.removesuffix("s") if kind.startswith("error") else kind: int(n)
-                       for n, kind in counts}
+            by_kind = {
+                kind.removesuffix("s") if kind.startswith("error") else kind: int(n)
+                for n, kind in counts
+            }
             passed = by_kind.get("passed", 0)
             total = passed + by_kind.get("failed", 0) + by_kind.get("error", 0)
             return passed / total if total else 0.0

@@ -51,9 +51,7 @@ def cluster_answers(
         if answer is None:
             clusters.append(None)
             continue
-        index = next(
-            (k for k, rep in enumerate(representatives) if equivalent(answer, rep)), None
-        )
+        index = next((k for k, rep in enumerate(representatives) if equivalent(answer, rep)), None)
         if index is None:
             index = len(representatives)
             representatives.append(answer)

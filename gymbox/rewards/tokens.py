@@ -7,8 +7,10 @@ p_t = softmax(z_t / τ) and L_t = logsumexp(z_t / τ). Then
 * self-certainty   SC_t = KL(U ‖ p_t) = -(1/V) Σ_j log(V·p_tj) = L_t - mean_j(z_tj) / τ - log V
 * log-probability  ℓ_t  = log p_t[y_t]                = z_t[y_t] / τ - L_t
 
-All three come from one exponential of each row, computed a chunk of rows at a time, so the only
-extra [B, T, V]-sized memory is one chunk (``chunk_rows × V`` floats), never a full copy.
+With s_t = (z_t - max_j z_tj)/τ ≤ 0 and p_top the probability of the row's argmax, L_t =
+max_j z_tj/τ - log p_top, so all three come from one softmax of s per row, and no separate
+logsumexp pass is needed. Rows are processed a chunk at a time: the extra memory is two
+``chunk_rows × V`` buffers (s and p), never a copy of the whole [B, T, V] tensor.
 
 Trajectory rewards reduce these over the response tokens with a mask:
 
@@ -57,17 +59,19 @@ def token_stats(
     tokens: Tensor | None = None,
     *,
     temperature: float = 1.0,
-    chunk_rows: int = 32,
+    chunk_rows: int = 16,
 ) -> TokenStats:
     """Entropy, self-certainty and (given ``tokens``) sampled-token log-probs from ``logits``.
 
     Args:
-        logits: ``[B, T, V]`` (any float dtype; the math runs in float32), from the CURRENT
-            policy: the terms are rewards about the policy being trained.
+        logits: ``[B, T, V]``, finite (raw model outputs, not top-k/top-p filtered), any float
+            dtype (the math runs in float32), from the CURRENT policy: the terms are rewards
+            about the policy being trained. A sliced, non-contiguous view is fine.
         tokens: ``[B, T]`` int64 ids of the sampled tokens, or ``None``.
         temperature: τ > 0, the sampling temperature; logits are divided by it first.
-        chunk_rows: how many of the B·T rows are exponentiated at once; the extra memory is
-            ``chunk_rows × V`` floats.
+        chunk_rows: at most how many positions are exponentiated at once; the extra memory
+            is ``2 × chunk_rows × V`` float32. Fewer, larger chunks cost fewer thread
+            synchronisations; smaller ones stay in cache.
 
     Raises:
         ValueError: for a non-positive temperature or ``chunk_rows``, logits that are not
@@ -84,35 +88,35 @@ def token_stats(
         raise ValueError(
             f"tokens must be [B, T] = {(batch, steps)} to match logits, got {tuple(tokens.shape)}"
         )
-    rows = logits.reshape(batch * steps, vocab)
-    flat_tokens = tokens.reshape(-1) if tokens is not None else None
     inv_tau = 1.0 / temperature
-    entropy = torch.empty(batch * steps, dtype=torch.float32, device=logits.device)
-    certainty = torch.empty_like(entropy)
-    logprobs = torch.empty_like(entropy) if tokens is not None else None
-
     with torch.no_grad():
-        for start in range(0, rows.shape[0], chunk_rows):
-            z = rows[start : start + chunk_rows].float()
-            peak = z.amax(dim=-1, keepdim=True)
-            # exp((z - max) / τ) in one fused add and an in-place exp: the one extra buffer.
-            weights = torch.add(peak * -inv_tau, z, alpha=inv_tau).exp_()
-            total = weights.sum(dim=-1)
-            log_norm = peak.squeeze(-1) * inv_tau + total.log()  # L = logsumexp(z/τ)
-            expected_z = torch.linalg.vecdot(weights, z) / total * inv_tau  # Σ_j p_j z_j/τ
-            end = start + z.shape[0]
-            entropy[start:end] = log_norm - expected_z
-            certainty[start:end] = log_norm - z.mean(dim=-1) * inv_tau - math.log(vocab)
-            if logprobs is not None and flat_tokens is not None:
-                picked = z.gather(-1, flat_tokens[start:end, None]).squeeze(-1)
-                logprobs[start:end] = picked * inv_tau - log_norm
-
-    shape = (batch, steps)
-    return TokenStats(
-        entropy=entropy.view(shape),
-        self_certainty=certainty.view(shape),
-        logprobs=logprobs.view(shape) if logprobs is not None else None,
-    )
+        # Whole-tensor passes that allocate only [B, T] outputs: max (with its index), mean, and
+        # the sampled tokens' logits. Nothing is reshaped, so a sliced (non-contiguous) logits
+        # tensor is never copied.
+        peak, top = logits.max(dim=-1)
+        peak, mean_z = peak.float(), logits.mean(dim=-1, dtype=torch.float32)
+        expected_shift = torch.empty_like(peak)  # Σ_j p_j s_j, s = (z - max)/τ ≤ 0
+        top_p = torch.empty_like(peak)  # p at the argmax: p_top = exp(-L_s), L_s = L - max/τ
+        offset = (peak * -inv_tau)[..., None]
+        # Tiles of at most chunk_rows positions: whole sequences when they are short.
+        tile_b, tile_t = max(1, chunk_rows // max(steps, 1)), max(1, min(steps, chunk_rows))
+        for b0 in range(0, batch, tile_b):
+            for t0 in range(0, steps, tile_t):
+                tile = (slice(b0, b0 + tile_b), slice(t0, t0 + tile_t))
+                # s = z/τ - max/τ in one fused op. Shifting by the max keeps s small, so the
+                # float32 dot product below stays accurate to ~1e-5 however large the logits.
+                shifted = torch.add(offset[tile], logits[tile], alpha=inv_tau)
+                probs = torch.softmax(shifted, dim=-1)
+                expected_shift[tile] = torch.linalg.vecdot(probs, shifted)
+                top_p[tile] = probs.gather(-1, top[tile][..., None]).squeeze(-1)
+        log_norm_shifted = -top_p.log()  # L_s
+        entropy = log_norm_shifted - expected_shift
+        certainty = log_norm_shifted + (peak - mean_z) * inv_tau - math.log(vocab)
+        logprobs = None
+        if tokens is not None:
+            picked = logits.gather(-1, tokens[..., None]).squeeze(-1).float()
+            logprobs = (picked - peak) * inv_tau - log_norm_shifted
+    return TokenStats(entropy=entropy, self_certainty=certainty, logprobs=logprobs)
 
 
 def masked_sum(values: Tensor, mask: Tensor) -> Tensor:

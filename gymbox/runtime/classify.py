@@ -5,8 +5,9 @@ Two questions are asked of a failed control-plane call (create, start, inspect, 
 * :func:`is_transient` — may the same call be tried again? Connection errors and 5xx answers
   are; a 4xx is our request's fault and will fail the same way again.
 * :func:`classify` — which gymbox error does it become? Connection failures are
-  :class:`EngineUnavailable`; anything else the engine refused while making a sandbox is
-  :class:`SandboxStartError`.
+  :class:`EngineUnavailable`; a 400 is the caller's settings, :class:`ConfigurationError`; a
+  missing image is :class:`ImageMissing`; anything else the engine refused while making a
+  sandbox is :class:`SandboxStartError`.
 
 :func:`control_call` runs one blocking SDK call off the event loop under the retry policy:
 jittered exponential backoff, a total deadline, transient errors only. Exec requests never go
@@ -28,7 +29,13 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from gymbox.runtime.errors import EngineUnavailable, GymboxError, ImageMissing, SandboxStartError
+from gymbox.runtime.errors import (
+    ConfigurationError,
+    EngineUnavailable,
+    GymboxError,
+    ImageMissing,
+    SandboxStartError,
+)
 
 T = TypeVar("T")
 
@@ -57,15 +64,25 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
-def classify(exc: BaseException, *, doing: str) -> GymboxError:
-    """The gymbox error for an SDK failure while ``doing`` something (for the message)."""
+def classify(exc: BaseException, *, doing: str, first: BaseException | None = None
+             ) -> GymboxError:
+    """The gymbox error for an SDK failure while ``doing`` something (for the message).
+
+    ``first`` is the first failure of a retried call when it differs from the last one (a
+    start that failed with the real reason, then a retry that found the container removed).
+    """
     if isinstance(exc, GymboxError):
         return exc
     if isinstance(exc, docker.errors.ImageNotFound):
         return ImageMissing(f"{doing}: the image is not on the engine; run `gymbox image build`")
     if is_connection_error(exc):
         return EngineUnavailable(f"{doing}: the Docker engine did not answer ({exc})", cause=exc)
-    return SandboxStartError(f"{doing}: the engine refused ({exc})", cause=exc)
+    if isinstance(exc, docker.errors.APIError) and exc.status_code == 400:
+        return ConfigurationError(
+            f"{doing}: the engine rejected the sandbox's settings ({exc.explanation}); "
+            "fix the SandboxSpec")
+    reason = f"{exc}" if first is None or first is exc else f"{first}; then {exc}"
+    return SandboxStartError(f"{doing}: the engine refused ({reason})", cause=exc)
 
 
 async def control_call(fn: Callable[[], T], *, doing: str, deadline_s: float = 30.0) -> T:
@@ -80,10 +97,15 @@ async def control_call(fn: Callable[[], T], *, doing: str, deadline_s: float = 3
         stop=stop_after_delay(deadline_s),
         reraise=True,
     )
+    failures: list[BaseException] = []
     try:
         async for attempt in retrying:
             with attempt:
-                return await asyncio.to_thread(fn)
+                try:
+                    return await asyncio.to_thread(fn)
+                except Exception as exc:
+                    failures.append(exc)
+                    raise
     except Exception as exc:
-        raise classify(exc, doing=doing) from exc
+        raise classify(exc, doing=doing, first=failures[0] if failures else None) from exc
     raise AssertionError("unreachable: tenacity either returns or raises")

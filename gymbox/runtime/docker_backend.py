@@ -21,9 +21,10 @@ import docker.errors
 from docker.types import Ulimit
 
 from gymbox.runtime import cleanup, engine
-from gymbox.runtime.backend import InstanceState
+from gymbox.runtime.backend import InstanceState, Link
 from gymbox.runtime.classify import classify, control_call, is_connection_error
-from gymbox.runtime.errors import EngineUnavailable, SandboxStartError
+from gymbox.runtime.errors import GymboxError, SandboxStartError
+from gymbox.runtime.exec_fallback import ExecPerCallLink
 from gymbox.runtime.spec import MiB, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class DockerLink:
 class DockerInstance:
     """One container with its supervisor attached."""
 
-    def __init__(self, backend: DockerBackend, container_id: str, link: DockerLink) -> None:
+    def __init__(self, backend: DockerBackend, container_id: str, link: Link) -> None:
         self.backend = backend
         self.id = container_id
         self.workdir = "/workspace"
@@ -144,6 +145,7 @@ class DockerBackend:
         self.control_deadline_s = control_deadline_s
         self._client_lock = threading.Lock()
         self._reaped = False
+        self._has_python: dict[str, bool] = {}
 
     @property
     def client(self) -> docker.DockerClient:
@@ -168,18 +170,39 @@ class DockerBackend:
         try:
             await control_call(lambda: client.api.start(container_id),
                                doing="starting a sandbox", deadline_s=deadline)
-            # Not retried: a second attempt could start a second supervisor.
-            sock = await control_call(lambda: self._attach_supervisor(client, spec, container_id),
-                                      doing="starting the supervisor", deadline_s=0)
-            link = await DockerLink.open(sock)
+            link = await self._link(client, spec, container_id)
         except BaseException as exc:
             await asyncio.shield(asyncio.to_thread(self._remove_now, container_id))
-            if isinstance(exc, EngineUnavailable | SandboxStartError):
+            if isinstance(exc, GymboxError):
                 raise
             if isinstance(exc, Exception):
                 raise classify(exc, doing="starting a sandbox") from exc
             raise
         return DockerInstance(self, container_id, link)
+
+    async def _link(self, client: docker.DockerClient, spec: SandboxSpec,
+                    container_id: str) -> Link:
+        if spec.image not in self._has_python:
+            probe = await control_call(
+                lambda: client.api.exec_create(container_id, ["python3", "-c", ""])["Id"],
+                doing="looking for python3 in the image", deadline_s=self.control_deadline_s)
+            await control_call(lambda: client.api.exec_start(probe),
+                               doing="looking for python3 in the image", deadline_s=0)
+            code = (await control_call(lambda: client.api.exec_inspect(probe),
+                                       doing="looking for python3 in the image",
+                                       deadline_s=self.control_deadline_s))["ExitCode"]
+            self._has_python[spec.image] = code == 0
+            if code != 0:
+                log.warning("%s has no python3: every call will be one `docker exec` "
+                            "(slow, no run_python)", spec.image)
+        if not self._has_python[spec.image]:
+            return ExecPerCallLink(client, container_id, agent_uid=spec.agent_uid,
+                                   workdir="/workspace", env=dict(spec.env),
+                                   lease_path=LEASE_PATH)
+        # Not retried: a second attempt could start a second supervisor.
+        sock = await control_call(lambda: self._attach_supervisor(client, spec, container_id),
+                                  doing="starting the supervisor", deadline_s=0)
+        return await DockerLink.open(sock)
 
     def _create(self, client: docker.DockerClient, spec: SandboxSpec) -> str:
         uid = spec.agent_uid

@@ -3,8 +3,8 @@
 **Not a security boundary.** Inside bubblewrap (``bwrap``, when installed) the supervisor gets a
 read-only view of the host, a private ``/tmp``, its own pid namespace and no network; without
 bwrap it is a plain child process in a temporary directory. Commands run as
-``SandboxSpec.agent_uid`` when the host process is root, else as the host user. Memory and
-process limits are rlimits, not cgroups, so OOM kills are not reported. Use it for development
+``SandboxSpec.agent_uid`` when the host process is root, else as the host user. Memory, file
+and process limits are rlimits, not cgroups, so OOM kills are not reported. Use it for development
 and tests of untrusted-looking but trusted code only.
 """
 
@@ -135,10 +135,11 @@ class LocalBackend:
                 "--tmpfs", "/tmp", "--bind", host_dir, BWRAP_WORKDIR,
                 "--unshare-pid", "--unshare-net", "--die-with-parent", "--", *argv,
             ]
+        limits = _limits(spec, spec.agent_uid if as_root else os.getuid())
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, limit=2**24,
-                preexec_fn=lambda: _limit_resources(spec),
+                preexec_fn=lambda: _apply_limits(limits),
             )
         except OSError as exc:
             shutil.rmtree(host_dir, ignore_errors=True)
@@ -165,13 +166,29 @@ def _world_executable(path: str) -> bool:
     return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
 
 
-def _limit_resources(spec: SandboxSpec) -> None:
-    """rlimits standing in for the container's cgroup limits (inherited by every command)."""
-    memory = spec.memory_mb * MiB
-    limits = {
-        resource.RLIMIT_AS: memory * 4,  # address space, not RSS: leave room for mappings
+def _limits(spec: SandboxSpec, uid: int) -> dict[int, int]:
+    """rlimits standing in for the container's cgroup limits (inherited by every command).
+
+    ``RLIMIT_NPROC`` counts every process of a uid on the machine, so the agent gets
+    ``pids_limit`` more than that uid already runs: a fork bomb stops there instead of taking
+    the host down.
+    """
+    running = sum(1 for pid in os.listdir("/proc") if pid.isdigit() and _owner(pid) == uid)
+    return {
+        resource.RLIMIT_AS: spec.memory_mb * MiB * 4,  # address space, not RSS: room for maps
         resource.RLIMIT_NOFILE: spec.nofile,
         resource.RLIMIT_FSIZE: spec.fsize_mb * MiB,
+        resource.RLIMIT_NPROC: running + spec.pids_limit,
     }
+
+
+def _owner(pid: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
+
+
+def _apply_limits(limits: dict[int, int]) -> None:
     for which, value in limits.items():
         resource.setrlimit(which, (value, value))

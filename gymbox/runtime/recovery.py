@@ -9,8 +9,9 @@ and its outcome. When a call fails with an :class:`~gymbox.runtime.errors.InfraE
 3. run the failed call again, and hand its outcome to the env as if nothing had happened.
 
 Attempts are bounded (:attr:`RecoveryPolicy.max_attempts`) and so is their total time
-(:attr:`RecoveryPolicy.deadline_s`). When recovery gives up, the failure propagates and the env
-ends the episode ``infra_failed`` with an invalid reward: it is *masked*.
+(:attr:`RecoveryPolicy.deadline_s`); waiting for a fresh sandbox while none can be started (the
+engine is down) takes time but no attempt. When recovery gives up, the failure propagates and
+the env ends the episode ``infra_failed`` with an invalid reward: it is *masked*.
 
 **Attribution.** A call that breaks ``blame_after`` sandboxes in a row, the last ones fresh and
 rebuilt from the journal, is breaking them itself: the agent caused it. Its outcome is then a
@@ -35,13 +36,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker
 from gymbox.runtime.errors import InfraError
@@ -65,7 +67,8 @@ class RecoveryPolicy:
     """How hard recovery tries.
 
     Attributes:
-        max_attempts: fresh sandboxes tried for one failure before giving up.
+        max_attempts: fresh sandboxes tried for one failure before giving up (failing to get
+            one at all only takes time, see ``deadline_s``).
         deadline_s: the most time one recovery may take, all attempts together.
         blame_after: how many sandboxes in a row one call must break to be the agent's fault
             (2: it broke its sandbox, then a fresh one rebuilt from the journal).
@@ -163,6 +166,11 @@ class Call:
         return f"{self.method}({first[:80]})"
 
 
+def _given(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """The options the caller set, so that the sandbox's own defaults apply to the rest."""
+    return tuple((name, value) for name, value in options.items() if value is not None)
+
+
 def _observable(outcome: Any) -> Any:
     """What the agent can see of an outcome: an ExecResult without its timing."""
     if isinstance(outcome, ExecResult):
@@ -189,8 +197,15 @@ def destroyed_sandbox_result(call: Call, failure: InfraError, breaks: int) -> Ex
     return ExecResult(
         exit_code=None, signal=int(signal.SIGKILL), stdout="", stderr=message,
         stdout_bytes=0, stderr_bytes=len(message.encode()), truncated=False, timed_out=False,
-        oom_killed=False, duration_s=0.0, interpreter_reset=call.method == "run_python",
+        oom_killed=False, duration_s=0.0,
     )
+
+
+class SandboxSource(Protocol):
+    """Where fresh sandboxes come from: ``async with source.acquire() as sandbox``, as with a
+    :class:`~gymbox.runtime.pool.SandboxPool`."""
+
+    def acquire(self) -> contextlib.AbstractAsyncContextManager[Sandbox]: ...
 
 
 @dataclass
@@ -199,7 +214,7 @@ class _Lease:
     release: Callable[[], Awaitable[None]]
 
 
-async def take(source: Any) -> _Lease:
+async def take(source: SandboxSource) -> _Lease:
     """One sandbox from ``source``: its ``acquire()`` is entered as an async context manager
     (as :meth:`SandboxPool.acquire` is), and the lease's ``release`` exits it."""
     stack = contextlib.AsyncExitStack()
@@ -225,6 +240,8 @@ class RecoveringSandbox:
         self._journal: list[Call] = []
         self._lock = asyncio.Lock()
         self._closed = False
+        self._start_failure: InfraError | None = None
+        self._releasing: set[asyncio.Task[None]] = set()
         self.failure: InfraError | None = None
         """The failure recovery gave up on, once it has."""
 
@@ -238,19 +255,34 @@ class RecoveringSandbox:
         """The sandbox serving calls now (None between a blamed call and the next call)."""
         return self._lease.sandbox if self._lease is not None else None
 
-    async def exec(self, cmd: Any, **kwargs: Any) -> ExecResult:
-        return await self._call(Call("exec", (cmd,), tuple(kwargs.items())))
+    async def exec(
+        self,
+        cmd: str | Sequence[str],
+        *,
+        timeout: float | None = None,
+        cwd: str | None = None,
+        env: Mapping[str, str] | None = None,
+        stdin: bytes | str | None = None,
+    ) -> ExecResult:
+        """:meth:`Sandbox.exec <gymbox.runtime.Sandbox.exec>`, journalled and recovered."""
+        options = {"timeout": timeout, "cwd": cwd, "env": env, "stdin": stdin}
+        return await self._call(Call("exec", (cmd,), _given(options)))
 
-    async def run_python(self, code: str, **kwargs: Any) -> ExecResult:
-        return await self._call(Call("run_python", (code,), tuple(kwargs.items())))
+    async def run_python(self, code: str, *, timeout: float | None = None) -> ExecResult:
+        """:meth:`Sandbox.run_python <gymbox.runtime.Sandbox.run_python>`, journalled and
+        recovered (replaying the cells rebuilds the interpreter's names)."""
+        return await self._call(Call("run_python", (code,), _given({"timeout": timeout})))
 
-    async def write_file(self, path: str, data: bytes | str, **kwargs: Any) -> None:
-        await self._call(Call("write_file", (path, data), tuple(kwargs.items())))
+    async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
+        """:meth:`Sandbox.write_file <gymbox.runtime.Sandbox.write_file>`, journalled."""
+        await self._call(Call("write_file", (path, data), (("mode", mode),)))
 
     async def read_file(self, path: str) -> bytes:
+        """:meth:`Sandbox.read_file <gymbox.runtime.Sandbox.read_file>`, journalled."""
         return await self._call(Call("read_file", (path,), ()))
 
     async def list_dir(self, path: str = ".") -> list[DirEntry]:
+        """:meth:`Sandbox.list_dir <gymbox.runtime.Sandbox.list_dir>`, journalled."""
         return await self._call(Call("list_dir", (path,), ()))
 
     async def start(self) -> None:
@@ -268,6 +300,7 @@ class RecoveringSandbox:
             return
         self._closed = True
         await self._drop()
+        await asyncio.gather(*self._releasing)
         self._source.episode_ended(self.failure)
 
     async def __aenter__(self) -> RecoveringSandbox:
@@ -340,7 +373,7 @@ class RecoveringSandbox:
                 break
             try:
                 async with asyncio.timeout(remaining):
-                    self._lease = await take(self._source.source)
+                    self._lease = await self._fresh()
                     diverged = await self._replay(self._lease.sandbox)
                     if call is None:
                         if diverged is not None:
@@ -364,7 +397,7 @@ class RecoveringSandbox:
                 raise
             except (InfraError, TimeoutError) as exc:
                 await self._drop()
-                last = exc if isinstance(exc, InfraError) else last
+                last = exc if isinstance(exc, InfraError) else self._start_failure or last
                 log.info("recovery attempt %d of %s failed: %s", attempt + 1,
                          call.describe() if call else "a rebuild", exc)
             left = policy.deadline_s - (time.monotonic() - started)
@@ -374,6 +407,20 @@ class RecoveringSandbox:
                        f"{policy.deadline_s:g} s")
         self.failure = error
         raise error
+
+    async def _fresh(self) -> _Lease:
+        """A sandbox from the source. Failures to start one are retry-safe (nothing ran), so
+        they are waited out with backoff, under the caller's deadline, using no attempt."""
+        backoff = self._source.policy.backoff
+        for wait in itertools.count():
+            try:
+                return await take(self._source.source)
+            except InfraError as exc:
+                if not exc.retry_safe:
+                    raise
+                self._start_failure = exc
+                await asyncio.sleep(backoff.delay(wait))
+        raise AssertionError("unreachable: the loop returns or raises")
 
     async def _replay(self, sandbox: Sandbox) -> ReplayDiverged | None:
         """Replay the journal into ``sandbox``; the first divergence found, if any."""
@@ -389,10 +436,19 @@ class RecoveringSandbox:
         return diverged
 
     async def _drop(self) -> None:
+        """Stop using the current sandbox. Its removal runs in the background: recovery does
+        not wait for the engine to delete a broken container; :meth:`close` does."""
         lease, self._lease = self._lease, None
         if lease is not None:
-            with contextlib.suppress(InfraError):
-                await lease.release()
+            task = asyncio.create_task(_release(lease))
+            self._releasing.add(task)
+            task.add_done_callback(self._releasing.discard)
+
+
+async def _release(lease: _Lease) -> None:
+    # A sandbox that cannot be removed now is the reaper's to collect (its lease runs out).
+    with contextlib.suppress(InfraError):
+        await lease.release()
 
 
 class RecoveringSandboxes:
@@ -418,7 +474,7 @@ class RecoveringSandboxes:
         ...             print((await sandbox.exec("echo hi", timeout=5)).stdout)
     """
 
-    def __init__(self, source: Any, policy: RecoveryPolicy | None = None, *,
+    def __init__(self, source: SandboxSource, policy: RecoveryPolicy | None = None, *,
                  breaker: InfraCircuitBreaker | None = None,
                  metrics: RecoveryMetrics | None = None) -> None:
         self.source = source

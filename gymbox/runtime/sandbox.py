@@ -42,9 +42,11 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 from gymbox.runtime.backend import Backend, Instance, InstanceState
+from gymbox.runtime.backends import select_backend
 from gymbox.runtime.channel import Channel, Garbled, LinkLost, RemoteError
 from gymbox.runtime.errors import (
     AmbiguousExecution,
+    ConfigurationError,
     InfraError,
     InvalidRequest,
     SandboxDied,
@@ -58,6 +60,7 @@ from gymbox.runtime.spec import SandboxSpec
 T = TypeVar("T")
 
 READY_TIMEOUT_S = 30.0
+DIAGNOSE_LOOKS = 3
 FILE_OP_BACKSTOP_S = 35.0  # the supervisor gives up on a file operation after 30 s
 
 
@@ -95,11 +98,11 @@ class Sandbox:
         answers, else the local fallback with a warning).
 
         Raises:
-            SandboxStartError, EngineUnavailable, ImageMissing: no sandbox could be started;
-                nothing is left behind.
+            SandboxStartError, EngineUnavailable: no sandbox could be started; nothing is
+                left behind.
+            ImageMissing, ConfigurationError: the image is not there, or the engine rejected
+                the spec's settings; the message says what to fix.
         """
-        from gymbox.runtime.backends import select_backend
-
         spec = spec or SandboxSpec()
         backend = backend or select_backend()
         instance = await backend.launch(spec)
@@ -112,8 +115,8 @@ class Sandbox:
                 await asyncio.shield(instance.destroy())
             if isinstance(exc, LinkLost | Garbled | TimeoutError):
                 raise SandboxStartError(
-                    f"the supervisor did not start in {spec.image} (does the image have "
-                    f"python3 at /usr/bin/python3?): {exc}", cause=exc) from exc
+                    f"the supervisor in a sandbox of {spec.image} did not say it was ready "
+                    f"({exc}); its own messages are logged as warnings", cause=exc) from exc
             raise
         return cls(instance, channel, spec, backend.name)
 
@@ -285,12 +288,17 @@ class Sandbox:
 
     async def _diagnose(self, lost: LinkLost) -> InfraError:
         """Why did the stream end? The instance's state decides (may raise EngineUnavailable)."""
-        try:
-            state = await self._instance.state()
-        except InfraError as exc:
-            return exc
-        if state is not InstanceState.RUNNING:
-            return SandboxDied(f"the sandbox {state.value} ({lost})", cause=lost)
+        # A container being killed closes its streams a moment before the engine reports it
+        # stopped: look a few times before calling a live container's lost stream ambiguous.
+        for attempt in range(DIAGNOSE_LOOKS):
+            try:
+                state = await self._instance.state()
+            except InfraError as exc:
+                return exc
+            if state is not InstanceState.RUNNING:
+                return SandboxDied(f"the sandbox {state.value} ({lost})", cause=lost)
+            if attempt < DIAGNOSE_LOOKS - 1:
+                await asyncio.sleep(0.1)
         if lost.sent:
             return AmbiguousExecution(
                 f"the supervisor stream broke after the request was sent ({lost}); "
@@ -359,6 +367,8 @@ def _remote(exc: RemoteError) -> Exception:
         return OSError(exc.errno, str(exc))
     if exc.kind == "InvalidRequest":
         return InvalidRequest(str(exc))
+    if exc.kind == "ConfigurationError":
+        return ConfigurationError(str(exc))
     return SupervisorFault(f"the supervisor failed: {exc}", cause=exc)
 
 

@@ -48,6 +48,7 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 
 HEADER = struct.Struct(">I")
 READ_CHUNK = 1 << 16
@@ -145,6 +146,8 @@ def read_oom_kills(path):
 
 
 class Supervisor:
+    """The loop: host requests in, answers out, every child process tracked by its pidfd."""
+
     def __init__(self, config):
         self.uid = config.get("agent_uid")
         self.gid = config.get("agent_gid")
@@ -162,6 +165,7 @@ class Supervisor:
         self.interpreter = None
         self.interpreter_lost = False
         self.cells = []
+        self.file_ops = set()
         self.stopping = False
 
     # -- loop -------------------------------------------------------------------------------
@@ -178,12 +182,20 @@ class Supervisor:
                 # An earlier callback of this batch may have closed this fd, or even reused its
                 # number for a new pipe: only a key that is still registered is current.
                 if self.selector.get_map().get(key.fd) is key:
-                    key.data(key.fd)
+                    self.guarded(key.data, key.fd)
             now = time.monotonic()
             while self.timers and self.timers[0][0] <= now:
                 _, _, callback = heapq.heappop(self.timers)
-                callback()
+                self.guarded(callback)
         self.shutdown()
+
+    def guarded(self, callback, *args):
+        """Run a loop callback; a bug in one must not take down every other command. The
+        traceback goes to stderr, which the host logs; the host's backstop answers the caller."""
+        try:
+            callback(*args)
+        except Exception:
+            traceback.print_exc()
 
     def at(self, when, callback):
         self.timer_seq += 1
@@ -279,14 +291,16 @@ class Supervisor:
         self.kill_where(lambda pid: session_of(pid) == sid, keep)
 
     def sweep(self):
-        """SIGKILL every leftover process of the agent's uid (only in a private pid namespace)."""
+        """SIGKILL every leftover process of the agent's uid; False where that is not safe (a
+        pid namespace shared with the host, where the uid may have unrelated processes)."""
         if not self.sweep_uid:
-            return
+            return False
         keep = {os.getpid(), 1}
         if self.interpreter:
             keep.add(self.interpreter.proc.pid)
         uid = self.uid if self.uid is not None else os.getuid()
         self.kill_where(lambda pid: owner_of(pid) == uid, keep)
+        return True
 
     def kill_where(self, match, keep):
         # A process may fork while we scan; a few rounds catch the children of the last round.
@@ -301,7 +315,7 @@ class Supervisor:
     def idle(self):
         """No command is running and no cell is executing: a sweep cannot hit innocent work."""
         running = any(command.returncode is None for command in self.commands.values())
-        return not running and not (self.interpreter and self.interpreter.cell)
+        return not (running or self.file_ops or (self.interpreter and self.interpreter.cell))
 
     def oom_kills(self):
         return read_oom_kills(self.oom_path) if self.oom_path else None
@@ -456,9 +470,12 @@ class Command:
         self.returncode = self.proc.wait()
         self.ended = time.monotonic()
         self.close_stdin()
-        self.kill_session()
-        if self.sup.idle():
-            self.sup.sweep()
+        with contextlib.suppress(OSError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        # Leftovers: when nothing else runs, every process of the agent's uid; otherwise only
+        # this command's session (the rest may belong to the commands still running).
+        if not (self.sup.idle() and self.sup.sweep()):
+            self.kill_session()
         self.sup.at(time.monotonic() + PIPE_LINGER_S, self.on_linger)
         self.maybe_finish()
 
@@ -594,14 +611,16 @@ class Interpreter:
         self.close()
         self.sup.interpreter = None
         exit_code, sig = decode_status(returncode)
-        if self.cell and self.cell.started_running:
+        # A fresh interpreter that dies before it begins its first cell cannot start at all
+        # (its stderr, in the result, says why): answer rather than respawn it forever.
+        if self.cell and (self.cell.started_running or self.cell.request.get("respawned")):
             self.finish(exit_code, sig, reset=True)
         else:
             # It died between cells (say, the agent ran `kill -9 -1`). A cell it had not begun
             # is safe to give to a fresh interpreter; that cell's result reports the reset.
             self.sup.interpreter_lost = True
             if self.cell:
-                self.sup.cells.insert(0, self.cell.request)
+                self.sup.cells.insert(0, {**self.cell.request, "respawned": True})
                 self.cell = None
         self.sup.next_cell()
 
@@ -661,6 +680,7 @@ class FileOp:
                     view = view[os.write(write_end, view):]
                 os._exit(0)
         os.close(write_end)
+        sup.file_ops.add(self)
         self.pipe = read_end
         self.data = bytearray()
         self.done = False
@@ -687,6 +707,7 @@ class FileOp:
 
     def close(self):
         self.done = True
+        self.sup.file_ops.discard(self)
         self.sup.selector.unregister(self.pipe)
         os.close(self.pipe)
 

@@ -32,6 +32,12 @@ def test_several_hermes_calls_in_order():
     assert names_and_args(parse_tool_calls(text)) == [(f"t{i}", {"i": i}) for i in range(3)]
 
 
+def test_raw_newlines_inside_string_arguments_are_accepted():
+    text = '<tool_call>{"name": "python", "arguments": {"code": "x = 1\n\tprint(x)"}}</tool_call>'
+    assert "\n" in text  # a real newline, as a model writes it, not an escape
+    assert names_and_args(parse_tool_calls(text)) == [("python", {"code": "x = 1\n\tprint(x)"})]
+
+
 def test_an_unclosed_last_call_is_read_to_the_end():
     parsed = parse_tool_calls('<tool_call>{"name": "add", "arguments": {"a": 1, "b": 2}}')
     assert names_and_args(parsed) == [("add", {"a": 1, "b": 2})]
@@ -71,7 +77,8 @@ def test_malformed_calls_become_messages_for_the_agent_and_good_ones_still_count
 
 
 def test_text_without_calls_has_none():
-    for text in ["", "just thinking", "a dict {'name': 1}", '{"other": 1}', "<tool_call"]:
+    for text in ["", "just thinking", "a dict {'name': 1}", '{"other": 1}', "<tool_call",
+                 'the record is {"name": "Bob", "age": 3}', '{"arguments": {"a": 1}}']:
         assert parse_tool_calls(text).empty
 
 

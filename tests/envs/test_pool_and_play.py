@@ -52,19 +52,25 @@ async def test_pool_plays_every_seed_with_bounded_concurrency():
 
 
 async def test_results_arrive_as_episodes_finish():
-    async def slow_on_seed_zero(messages, tools):
-        if "slow" in messages[1]["content"]:
-            await asyncio.sleep(0.3)
+    others_seen = asyncio.Event()
+
+    async def blocked_on_seed_zero(messages, tools):
+        if messages[1]["content"] == "seed 0":
+            await others_seen.wait()  # finishes only after the others were handed out
         return "<answer>1</answer>"
 
     class Tasks(Calculator):
         def draw_task(self, rng):
-            return Task(prompt="slow" if self.np_random_seed == 0 else "fast", reference="1")
+            return Task(prompt=f"seed {self.np_random_seed}", reference="1")
 
     pool = EnvPool(Tasks, concurrency=2)
-    order = [r.seed async for r in pool.run(slow_on_seed_zero, seeds=[0, 1, 2, 3])]
+    order = []
+    async for result in pool.run(blocked_on_seed_zero, seeds=[0, 1, 2, 3]):
+        order.append(result.seed)
+        if len(order) == 3:
+            others_seen.set()
     await pool.aclose()
-    assert order[-1] == 0 and sorted(order) == [0, 1, 2, 3]
+    assert order == [1, 2, 3, 0]
 
 
 @tool

@@ -24,4 +24,4 @@ def test_registered_sandbox_envs_pass_check_env(env_id, docker_client):
     assert obs == "42"
     sandbox_id = env.unwrapped.sandbox.id
     env.close()
-    assert sandbox_id not in {c.id for c in docker_client.containers.list(all=True)}
+    assert docker_client.api.containers(all=True, filters={"id": sandbox_id}) == []

@@ -22,7 +22,7 @@ import numpy as np
 
 from gymbox.envs import Task, ToolEnv, tool
 from gymbox.rewards import RewardRecord
-from gymbox.runtime import DockerBackend, ExecResult, SandboxPool, SandboxSpec
+from gymbox.runtime import DockerBackend, ExecResult, InfraError, SandboxPool, SandboxSpec
 from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.faults import FaultInjector, FaultPlan, inject_faults
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
@@ -143,11 +143,21 @@ class Episode:
     seconds: float
 
 
-async def play(env: ToolEnv, seed: int, agent: Agent = product_agent) -> Episode:
+async def play(env: ToolEnv, seed: int, agent: Agent = product_agent, *,
+               think_s: float = 0.0) -> Episode:
+    """One episode. One that cannot start (no sandbox) is infra-failed, as a trainer counts it.
+
+    ``think_s`` stands in for the policy's generation time before each turn.
+    """
     started = time.monotonic()
-    _, info = await env.areset(seed=seed)
+    try:
+        _, info = await env.areset(seed=seed)
+    except InfraError as exc:
+        return Episode(seed, "infra_failed", RewardRecord.invalid(exc.kind), [],
+                       time.monotonic() - started)
     turn = 0
     while True:
+        await asyncio.sleep(think_s)
         _, _, terminated, truncated, info = await env.astep(agent(turn, info["messages"]))
         turn += 1
         if terminated or truncated:
@@ -158,7 +168,8 @@ async def play(env: ToolEnv, seed: int, agent: Agent = product_agent) -> Episode
 
 
 async def play_many(sandboxes: Any, seeds: Sequence[int], *, concurrency: int,
-                    deadline_s: float, agent: Agent = product_agent) -> list[Episode]:
+                    deadline_s: float, agent: Agent = product_agent,
+                    think_s: float = 0.0) -> list[Episode]:
     """Play one episode per seed, ``concurrency`` at a time, each under ``deadline_s``."""
     gate = asyncio.Semaphore(concurrency)
 
@@ -166,6 +177,8 @@ async def play_many(sandboxes: Any, seeds: Sequence[int], *, concurrency: int,
         async with gate:
             env = ProductEnv(sandboxes=sandboxes, max_turns=6)
             async with asyncio.timeout(deadline_s):
-                return await play(env, seed, agent)
+                return await play(env, seed, agent, think_s=think_s)
 
-    return await asyncio.gather(*(one(seed) for seed in seeds))
+    async with asyncio.TaskGroup() as group:  # one failure cancels the rest: nothing leaks
+        tasks = [group.create_task(one(seed)) for seed in seeds]
+    return [task.result() for task in tasks]

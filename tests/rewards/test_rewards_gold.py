@@ -77,7 +77,8 @@ def test_math_equivalence_scores_wrong_and_unparseable_answers_zero(response):
 
 def test_math_equivalence_works_off_the_main_thread():
     scores = []
-    worker = threading.Thread(target=lambda: scores.append(MathEquivalence()(r"\boxed{0.5}", "1/2")))
+    verify = MathEquivalence()
+    worker = threading.Thread(target=lambda: scores.append(verify(r"\boxed{0.5}", "1/2")))
     worker.start()
     worker.join()
     assert scores == [1.0]
@@ -102,9 +103,16 @@ def _run(argv, cwd) -> ExecResult:
     start = time.monotonic()
     done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=60)
     return ExecResult(
-        exit_code=done.returncode, signal=None, stdout=done.stdout, stderr=done.stderr,
-        stdout_bytes=len(done.stdout), stderr_bytes=len(done.stderr), truncated=False,
-        timed_out=False, oom_killed=False, duration_s=time.monotonic() - start,
+        exit_code=done.returncode,
+        signal=None,
+        stdout=done.stdout,
+        stderr=done.stderr,
+        stdout_bytes=len(done.stdout),
+        stderr_bytes=len(done.stderr),
+        truncated=False,
+        timed_out=False,
+        oom_killed=False,
+        duration_s=time.monotonic() - start,
     )
 
 
@@ -150,8 +158,16 @@ def test_without_a_summary_the_exit_code_decides(tmp_path):
 
 def test_a_run_killed_before_reporting_or_with_no_tests_scores_zero(tmp_path):
     killed = ExecResult(
-        exit_code=None, signal=9, stdout="..", stderr="", stdout_bytes=2, stderr_bytes=0,
-        truncated=False, timed_out=True, oom_killed=False, duration_s=5.0,
+        exit_code=None,
+        signal=9,
+        stdout="..",
+        stderr="",
+        stdout_bytes=2,
+        stderr_bytes=0,
+        truncated=False,
+        timed_out=True,
+        oom_killed=False,
+        duration_s=5.0,
     )
     assert unit_test_pass_rate(killed) == 0.0
     (tmp_path / "test_empty.py").write_text("x = 1\n")

@@ -78,8 +78,9 @@ def test_semi_supervised_uses_gold_where_labelled_and_intrinsic_elsewhere():
     }
     groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
     labelled = groups == 0
-    out = mix.advantages(rewards, torch.ones(8, dtype=torch.bool), groups, step=0,
-                         labelled=labelled)
+    out = mix.advantages(
+        rewards, torch.ones(8, dtype=torch.bool), groups, step=0, labelled=labelled
+    )
     expected = [ROOT3, -ROOT3, -ROOT3, ROOT3] + [0.5 * a for a in (ROOT3, ROOT3, -ROOT3, -ROOT3)]
     assert out.values.tolist() == pytest.approx(expected, abs=1e-5)
     assert out.keep.all() and out.dropped_groups.numel() == 0
@@ -118,7 +119,11 @@ def test_the_entropy_guard_lowers_only_intrinsic_weights():
 def test_rewards_must_match_the_terms():
     mix = RewardMix({"gold": Term(1.0)}, estimator=GRPO())
     with pytest.raises(KeyError, match="missing"):
-        mix.advantages({"vote": torch.zeros(2)}, torch.ones(2, dtype=torch.bool),
-                       torch.zeros(2, dtype=torch.long), step=0)
+        mix.advantages(
+            {"vote": torch.zeros(2)},
+            torch.ones(2, dtype=torch.bool),
+            torch.zeros(2, dtype=torch.long),
+            step=0,
+        )
     with pytest.raises(ValueError, match="at least one term"):
         RewardMix({})

@@ -68,9 +68,24 @@ def test_large_vocabulary_agrees_with_a_full_log_softmax_for_any_chunking():
     picked = log_p.gather(-1, tokens[..., None]).squeeze(-1)
     for chunk_rows in (1, 3, 10, 64):
         stats = token_stats(logits, tokens, temperature=0.7, chunk_rows=chunk_rows)
-        assert torch.allclose(stats.entropy.double(), entropy, atol=1e-4)
-        assert torch.allclose(stats.self_certainty.double(), certainty, atol=1e-4)
-        assert torch.allclose(stats.logprobs.double(), picked, atol=1e-4)
+        assert torch.allclose(stats.entropy.double(), entropy, atol=3e-5)
+        assert torch.allclose(stats.self_certainty.double(), certainty, atol=3e-5)
+        assert torch.allclose(stats.logprobs.double(), picked, atol=3e-5)
+
+
+def test_a_sliced_view_and_any_tiling_give_the_same_terms():
+    generator = torch.Generator().manual_seed(1)
+    padded = torch.randn(3, 8, 50, generator=generator) * 5
+    logits = padded[:, :-1]  # the usual shift: a non-contiguous view
+    tokens = torch.randint(0, 50, (3, 7), generator=generator)
+    reference = token_stats(logits.contiguous(), tokens, chunk_rows=10_000)
+    for chunk_rows in (1, 2, 6, 7, 8, 15, 21):
+        stats = token_stats(logits, tokens, chunk_rows=chunk_rows)
+        assert torch.allclose(stats.entropy, reference.entropy, atol=1e-6)
+        assert torch.allclose(stats.self_certainty, reference.self_certainty, atol=1e-6)
+        assert torch.allclose(stats.logprobs, reference.logprobs, atol=1e-6)
+    empty = token_stats(torch.zeros(2, 0, 50), torch.zeros(2, 0, dtype=torch.long))
+    assert empty.entropy.shape == (2, 0) and empty.logprobs.shape == (2, 0)
 
 
 def test_half_precision_logits_are_computed_in_float32():

@@ -115,3 +115,11 @@ async def test_bad_env_and_cwd_are_rejected(sandbox):
         await sandbox.exec("true", env={"A": "x\0"}, timeout=5)
     with pytest.raises(InvalidRequest):
         await sandbox.exec("true", cwd="/tmp\0", timeout=5)
+
+
+async def test_fork_bomb_is_contained_and_cleaned_up(sandbox):
+    result = await sandbox.exec("bomb() { bomb | bomb & }; bomb; sleep 1", timeout=3)
+    assert "fork" in result.stderr.lower() or result.timed_out
+    left = await sandbox.exec("ls /proc | grep -c '^[0-9]'", timeout=10)
+    assert int(left.stdout) < 12  # the supervisor, its init or lease loop, and this command
+    assert (await sandbox.exec("echo serving", timeout=10)).ok

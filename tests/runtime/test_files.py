@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import errno
 
 import pytest
@@ -55,3 +56,12 @@ async def test_bad_paths_are_rejected(sandbox):
             await sandbox.read_file(path)
     with pytest.raises(InvalidRequest):
         await sandbox.write_file("x", 42)
+
+
+async def test_file_operations_survive_concurrent_commands_and_their_sweeps(sandbox):
+    await sandbox.write_file("f.txt", "content")
+    calls = [sandbox.read_file("f.txt") for _ in range(15)]
+    calls += [sandbox.exec("true", timeout=10) for _ in range(15)]
+    results = await asyncio.gather(*calls)
+    assert results[:15] == [b"content"] * 15
+    assert all(r.ok for r in results[15:])
