@@ -140,8 +140,9 @@ def seed_scale(
 ) -> float:
     r"""SEED-GRPO's advantage scale f(α · SE / SE_max), with SE_max = log G (arXiv 2505.12346).
 
-    ``linear``: f(x) = 1 - x; ``exponential``: f(x) = exp(-x). Both are 1 for a confident group
-    (SE = 0) and shrink the update as the group disagrees. Multiply a group's advantages by it:
+    ``linear``: f(x) = max(0, 1 - x); ``exponential``: f(x) = exp(-x). Both are 1 for a
+    confident group (SE = 0) and shrink the update as the group disagrees; the floor at 0 keeps
+    an α > 1 from flipping an advantage's sign. Multiply a group's advantages by it:
     Â_i = A_i · f. A group of one has no disagreement to measure and gets 1.
 
     Example:
@@ -156,7 +157,7 @@ def seed_scale(
         return 1.0
     x = alpha * entropy / math.log(group_size)
     if form == "linear":
-        return 1.0 - x
+        return max(0.0, 1.0 - x)
     if form == "exponential":
         return math.exp(-x)
     raise ValueError(f"form must be 'linear' or 'exponential', got {form!r}")

@@ -220,7 +220,8 @@ class InjectedFault:
     Attributes:
         kind: what was done.
         at_s: when, in seconds since the injector was made.
-        sandbox: the instance id (the container id for Docker).
+        sandbox: the instance id (the container id for Docker); ``(launching)`` for a slow
+            start, which strikes before there is an instance.
         request: the request it struck, shortened (``exec: sh -c 'ls'``); empty for a launch.
     """
 
@@ -248,6 +249,12 @@ class FaultLog:
     def by_kind(self) -> Counter[str]:
         """How many faults of each kind were injected."""
         return Counter(str(f.kind) for f in self._entries)
+
+    def as_dict(self) -> dict[str, float]:
+        """Flat ``{"faults/injected/kill_container": 2.0, ...}``, for a JSONL metrics line."""
+        flat = {"faults/injected": float(len(self._entries))}
+        flat.update({f"faults/injected/{kind}": float(n) for kind, n in self.by_kind().items()})
+        return flat
 
     def on(self, sandbox_id: str) -> list[InjectedFault]:
         """The faults injected into one sandbox."""
@@ -442,6 +449,7 @@ class FaultyLink:
         self._strike: asyncio.Future[None] | None = None
 
     def write(self, data: bytes) -> None:
+        # The channel writes each request as one whole frame.
         request = _frame_json(data)
         kind = self._injector.decide(request) if request is not None else None
         self._inner.write(data)

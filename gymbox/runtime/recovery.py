@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import itertools
 import logging
 import signal
@@ -187,18 +188,24 @@ class Blame:
     breaks: int
 
 
-def destroyed_sandbox_result(call: Call, failure: InfraError, breaks: int) -> ExecResult:
-    """The agent's outcome for a command that destroyed its sandbox ``breaks`` times."""
+def destroyed_sandbox(call: Call, blame: Blame) -> Call:
+    """The agent's outcome for a call that destroyed its sandboxes: for a command or a cell, an
+    ``ExecResult`` killed by SIGKILL; for a file operation, an ``OSError`` (EIO), as any of the
+    agent's file errors. Either way the message says what happened."""
+    what = "command" if call.method in ("exec", "run_python") else "file operation"
     message = (
-        f"gymbox: this command destroyed its sandbox ({failure.kind}), and did so again on "
-        f"{breaks - 1} fresh sandbox{'es' if breaks > 2 else ''} rebuilt from the earlier "
-        "calls; its effects are lost, and the sandbox is back as it was before it.\n"
+        f"gymbox: this {what} destroyed its sandbox ({blame.failure.kind}), and did so again "
+        f"on {blame.breaks - 1} fresh sandbox{'es' if blame.breaks > 2 else ''} rebuilt from "
+        "the earlier calls; its effects are lost, and the sandbox is back as it was before it."
     )
-    return ExecResult(
-        exit_code=None, signal=int(signal.SIGKILL), stdout="", stderr=message,
-        stdout_bytes=0, stderr_bytes=len(message.encode()), truncated=False, timed_out=False,
-        oom_killed=False, duration_s=0.0,
+    if what == "file operation":
+        return replace(call, outcome=None, error=OSError(errno.EIO, message))
+    result = ExecResult(
+        exit_code=None, signal=int(signal.SIGKILL), stdout="", stderr=message + "\n",
+        stdout_bytes=0, stderr_bytes=len(message.encode()) + 1, truncated=False,
+        timed_out=False, oom_killed=False, duration_s=0.0,
     )
+    return replace(call, outcome=result, error=None)
 
 
 class SandboxSource(Protocol):
@@ -323,7 +330,8 @@ class RecoveringSandbox:
             except InfraError as failure:
                 outcome = await self._recover_from(call, failure)
                 if isinstance(outcome, Blame):
-                    return destroyed_sandbox_result(call, outcome.failure, outcome.breaks)
+                    # Not journalled: replaying it would destroy the rebuild too.
+                    return destroyed_sandbox(call, outcome).result()
                 done = outcome
             self._journal.append(done)
             return done.result()

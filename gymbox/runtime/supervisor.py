@@ -161,6 +161,7 @@ class Supervisor:
         self.timers = []
         self.timer_seq = 0
         self.inbox = bytearray()
+        self.outbox = bytearray()
         self.commands = {}
         self.interpreter = None
         self.interpreter_lost = False
@@ -174,6 +175,7 @@ class Supervisor:
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, self.on_host)
         self.send({"id": 0, "event": "ready", "pid": os.getpid(), "oom": bool(self.oom_path)})
+        self.flush()
         while not self.stopping:
             timeout = None
             if self.timers:
@@ -187,7 +189,9 @@ class Supervisor:
             while self.timers and self.timers[0][0] <= now:
                 _, _, callback = heapq.heappop(self.timers)
                 self.guarded(callback)
+            self.flush()
         self.shutdown()
+        self.flush()
 
     def guarded(self, callback, *args):
         """Run a loop callback; a bug in one must not take down every other command. The
@@ -202,9 +206,14 @@ class Supervisor:
         heapq.heappush(self.timers, (when, self.timer_seq, callback))
 
     def send(self, message):
+        """Queue one frame; :meth:`flush` writes every frame of a loop turn with one write, so
+        answers to concurrent requests cost the engine's stream proxy one wake-up, not many."""
         data = json.dumps(message, separators=(",", ":")).encode()
-        frame = HEADER.pack(len(data)) + data
-        view = memoryview(frame)
+        self.outbox += HEADER.pack(len(data))
+        self.outbox += data
+
+    def flush(self):
+        view = memoryview(self.outbox)
         while view:
             try:
                 written = os.write(1, view)
@@ -212,6 +221,8 @@ class Supervisor:
                 time.sleep(0.001)
                 continue
             view = view[written:]
+        view.release()
+        self.outbox.clear()
 
     def on_host(self, fd):
         try:

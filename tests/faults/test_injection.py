@@ -49,7 +49,7 @@ async def test_kill_container_kills_it_mid_call(docker_client):
         assert isinstance(error, SandboxDied) and not error.retry_safe
         state = container_state(docker_client, sandbox.id)
         assert state is None or not state["Running"]
-        [logged] = faults.log
+        [logged] = faults.log.on(sandbox.id)
         assert (logged.kind, logged.sandbox, logged.request) == (
             FaultKind.KILL_CONTAINER, sandbox.id, "exec: /bin/sh -c echo hi")
 
@@ -114,7 +114,8 @@ async def test_pings_and_leases_are_never_struck_and_faults_are_transient():
             assert (await second.exec("echo same", timeout=2)).stdout == "same\n"
             with pytest.raises(SupervisorFault):
                 await second.exec("echo different", timeout=2)
-        assert faults.log.by_kind() == {"garble_response": 2}
+        assert faults.log.as_dict() == {"faults/injected": 2.0,
+                                        "faults/injected/garble_response": 2.0}
         assert faults.requests == 3
 
 

@@ -123,7 +123,6 @@ async def test_nondeterministic_output_before_the_crash_does_not_dodge_blame_eit
 
 @pytest.mark.parametrize("command", [
     "kill -9 -1; echo survived",  # every process the agent may signal
-    "sh -c 'f() { f | f & }; f' 2>/dev/null; sleep 1",  # a fork bomb, stopped by the pids limit
     "python3 -c 'b = bytearray(2 << 30)'",  # the agent's own process OOM-killed
 ])
 async def test_an_agent_killing_its_own_processes_is_just_an_outcome(command):
@@ -134,6 +133,18 @@ async def test_an_agent_killing_its_own_processes_is_just_an_outcome(command):
     assert episode.messages[5]["content"] == "still here"
     metrics = sandboxes.metrics
     assert not (metrics.recovered or metrics.masked or metrics.agent_caused)
+
+
+async def test_a_fork_bomb_is_never_masked():
+    # Exhausting the pids limit sometimes takes the container's lease loop down with it (it
+    # cannot fork `sleep`), sometimes not: either way the episode is scored, never masked.
+    bomb = call("shell", command="sh -c 'f() { f | f & }; f' 2>/dev/null; sleep 1")
+    agent = scripted(bomb, call("shell", command="echo still here"))
+    async with recovering() as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
+    assert episode.status == "completed" and episode.record.valid
+    assert episode.messages[5]["content"] == "still here"
+    assert not sandboxes.metrics.masked
 
 
 async def test_the_breaker_stops_new_episodes_when_infra_failures_dominate():

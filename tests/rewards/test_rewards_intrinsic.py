@@ -86,6 +86,7 @@ def test_seed_scale_linear_and_exponential():
     assert seed_scale(half, 4) == pytest.approx(0.5)
     assert seed_scale(half, 4, form="exponential") == pytest.approx(math.exp(-0.5))
     assert seed_scale(half, 4, alpha=2.0) == pytest.approx(0.0)
+    assert seed_scale(math.log(4), 4, alpha=3.0) == 0.0  # floored: never flips a sign
     assert seed_scale(0.0, 8) == 1.0
     assert seed_scale(0.0, 1) == 1.0
     with pytest.raises(ValueError, match="form"):

@@ -1,0 +1,91 @@
+"""The `gymbox` command as a user runs it: real subprocesses, real envs, real sandboxes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def gymbox(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gymbox.cli", *args], input=stdin, capture_output=True,
+        text=True, timeout=timeout, env={**os.environ, "COLUMNS": "200"},
+    )
+
+
+def test_play_a_host_env_by_hand():
+    turns = (
+        '<tool_call>{"name": "calculate", "arguments": {"expression": "2 + 2"}}</tool_call>\n.\n'
+        "<answer>4</answer>\n.\n"
+    )
+    proc = gymbox("play", "gymbox/Calculator-v0", "--seed", "0", stdin=turns)
+    assert proc.returncode == 0, proc.stderr
+    assert "── tools ──" in proc.stdout and '"calculate"' in proc.stdout
+    assert "── environment ──\n4\n" in proc.stdout
+    assert "status: completed" in proc.stdout
+
+
+@pytest.mark.docker
+def test_play_a_sandbox_env_by_hand():
+    turns = (
+        '<tool_call>{"name": "python", "arguments": {"code": "x = 6 * 7"}}</tool_call>\n.\n'
+        '<tool_call>{"name": "python", "arguments": {"code": "print(x + 1)"}}</tool_call>\n.\n'
+        "/quit\n"
+    )
+    proc = gymbox("play", "gymbox/PythonMath-v0", "--seed", "1", stdin=turns)
+    assert proc.returncode == 0, proc.stderr
+    assert "43" in proc.stdout
+    assert "stopped before the episode ended" in proc.stdout
+
+
+def test_play_an_unknown_env_is_one_line():
+    proc = gymbox("play", "gymbox/NoSuchEnv-v0")
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and "gymbox/Calculator-v0" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--set", "stepz=3"], "unknown key(s) stepz"),
+        (["train", "--set", "optim.learning_rate=fast"], "expected float"),
+        (["train", "--config", "/nonexistent.toml"], "does not exist"),
+        (["train", "--env", "gymbox/Nope-v0", "--no-eval"], "unknown env"),
+        (["eval", "--checkpoint", "/nonexistent"], "not a checkpoint"),
+    ],
+)
+def test_bad_run_configs_are_one_line_errors(args, message):
+    proc = gymbox(*args)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_train_eval_and_plot_a_tiny_run(tmp_path, tiny_model_dir):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        f'model = "{tiny_model_dir}"\nrun_dir = "{tmp_path / "run"}"\nsteps = 2\n'
+        "group_size = 2\ngroups_per_step = 1\nmax_turns = 1\n"
+        "[sampling]\nmax_new_tokens = 8\n[eval]\nepisodes = 2\n"
+    )
+    proc = gymbox("train", "--config", str(config))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1]
+    assert all(r["valid_fraction"] == 1.0 for r in rows)
+    assert (run / "metrics.png").stat().st_size > 10_000
+    assert json.loads((run / "config.json").read_text())["steps"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["before"]["episodes"] == summary["after"]["episodes"] == 2
+
+    proc = gymbox("eval", "--config", str(config), "--checkpoint", str(run / "checkpoints/step-2"))
+    assert proc.returncode == 0, proc.stderr
+    assert "accuracy" in proc.stdout
+
+    proc = gymbox("plot", str(run), "-o", str(tmp_path / "again.png"))
+    assert proc.returncode == 0 and (tmp_path / "again.png").is_file()
