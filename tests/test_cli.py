@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -89,3 +91,28 @@ def test_train_eval_and_plot_a_tiny_run(tmp_path, tiny_model_dir):
 
     proc = gymbox("plot", str(run), "-o", str(tmp_path / "again.png"))
     assert proc.returncode == 0 and (tmp_path / "again.png").is_file()
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gymbox.cli", "train", "--no-eval", "--model", str(tiny_model_dir),
+         "--run-dir", str(run), "--steps", "50", "--set", "group_size=2",
+         "--set", "groups_per_step=1", "--set", "max_turns=1",
+         "--set", "sampling.max_new_tokens=8"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no training step within 240 s"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "interrupted: checkpoint saved" in out
+    steps = metrics.read_text().count("\n")
+    assert 1 <= steps < 50
+    assert (run / "checkpoints" / f"step-{steps}" / "trainer.pt").is_file()
+    assert "Traceback" not in err

@@ -9,7 +9,8 @@ per sampled token, all from the logits of the ONE forward pass that sampled it:
   temperature). Top-p truncation is *not* folded in: the recorded value is the tempered
   full-vocabulary probability, which is exactly what the trainer recomputes with
   :func:`gymbox.agents.loss.token_logprobs` at the same τ, so the on-policy importance ratio is
-  exactly 1. (The truncation is a small, known bias, the convention verl and TRL use too.)
+  exactly 1. (The truncation is a bias the importance ratio does not see; keep ``top_p`` at 1
+  for exactly on-policy training.)
 * ``entropy`` — ``H(p_τ)`` at that position;
 * ``self_certainty`` — ``KL(U ‖ p_τ)`` at that position (Intuitor).
 
@@ -19,12 +20,14 @@ decoding (τ = 0) the sampling distribution is a point mass, which carries no ra
 are then reported at τ = 1, the model's own distribution.
 
 Example:
-    >>> policy = TransformersPolicy.load()                                   # doctest: +SKIP
-    >>> prompt = policy.tokenizer.apply_chat_template(
-    ...     [{"role": "user", "content": "What is 2+2?"}], add_generation_prompt=True)
-    >>> [c] = policy.generate([prompt], SamplingParams(max_new_tokens=32, seed=0))
-    >>> c.finish_reason, len(c.token_ids) == len(c.logprobs)                  # doctest: +SKIP
-    ('eos', True)
+    >>> policy = TransformersPolicy.load()                                 # doctest: +SKIP
+    >>> prompt = policy.tokenizer.apply_chat_template(                     # doctest: +SKIP
+    ...     [{"role": "user", "content": "What is 2+2?"}],
+    ...     add_generation_prompt=True, return_dict=False)
+    >>> [c] = policy.generate([prompt], SamplingParams(max_new_tokens=32, temperature=0))
+    ...                                                                    # doctest: +SKIP
+    >>> c.text, c.finish_reason, len(c.token_ids) == len(c.logprobs)       # doctest: +SKIP
+    ('The answer to this classic math problem is 4.', 'eos', True)
 """
 
 from __future__ import annotations
@@ -133,8 +136,8 @@ class TransformersPolicy:
     """A :class:`Policy` over a transformers causal LM, on CPU or GPU.
 
     Prompts are left-padded into one batch, encoded once, then extended one token per step
-    through the KV cache. Rows that finish early keep their slot (fed the pad token, masked out
-    of nothing that is returned) until the whole batch is done.
+    through the KV cache. A row that finishes (EOS, stop string) leaves the batch and the cache
+    at once, so the remaining steps cost only what the unfinished rows need.
 
     Args:
         model: a causal LM; it is put in eval mode. The trainer may update its weights in place
@@ -183,6 +186,18 @@ class TransformersPolicy:
                 or a prompt too long to leave room for ``max_new_tokens``. Nothing is sampled.
         """
         input_ids, attention = self._left_padded(prompts, sampling.max_new_tokens)
+        # The trainer may have left the shared model in train mode; dropout while sampling would
+        # make the recorded log-probs those of a random sub-network.
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._sample_batch(input_ids, attention, sampling)
+        finally:
+            self.model.train(was_training)
+
+    def _sample_batch(
+        self, input_ids: Tensor, attention: Tensor, sampling: SamplingParams
+    ) -> list[Completion]:
         generator = None
         if sampling.seed is not None:
             generator = torch.Generator(self.device).manual_seed(sampling.seed)
@@ -197,8 +212,8 @@ class TransformersPolicy:
         ).logits[:, -1]
         next_position = positions[:, -1:] + 1
 
-        drafts = [_Draft() for _ in prompts]
-        live = list(range(len(prompts)))  # the prompt index of each row still in the batch
+        drafts = [_Draft() for _ in range(len(input_ids))]
+        live = list(range(len(input_ids)))  # the prompt index of each row still in the batch
         for _ in range(sampling.max_new_tokens):
             token = _sample(logits, sampling, generator)
             stats = token_stats(logits[:, None], token[:, None],

@@ -299,11 +299,16 @@ class _Episode:
         self.logprobs += completion.logprobs.tolist()
         self.entropy += completion.entropy.tolist()
         self.self_certainty += completion.self_certainty.tolist()
-        self._committed += self.chat.tokenizer.decode(
-            completion.token_ids, skip_special_tokens=False
-        )
+        decode = self.chat.tokenizer.decode
+        self._committed += decode(completion.token_ids, skip_special_tokens=False)
+        # The env gets the turn as the template will render it back: special tokens the model
+        # wrote mid-turn stay in (dropping them would make the re-rendered conversation differ
+        # from the sampled tokens); only the EOS that closes the turn goes, the template adds it.
+        said = completion.token_ids
+        if completion.finish_reason == "eos":
+            said = said[:-1]
         self.turns += 1
-        *_, self.info = await self.env.astep(completion.text)
+        *_, self.info = await self.env.astep(decode(said, skip_special_tokens=False))
         self.status = self.info["status"]
         if self.status == "running":
             self._append_env_text()

@@ -48,6 +48,9 @@ class Channel:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._lost: BaseException | None = None
+        self._outbox = bytearray()
+        self._batch: list[int] = []
+        self._flush_scheduled = False
         self._reader = asyncio.create_task(self._read_loop())
 
     async def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -69,11 +72,13 @@ class Channel:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         body = json.dumps({"id": rid, "op": op, **fields}, separators=(",", ":")).encode()
-        try:
-            self._link.write(HEADER.pack(len(body)) + body)
-        except (ConnectionError, OSError) as exc:
-            self._pending.pop(rid, None)
-            raise LinkLost(f"writing to the supervisor failed: {exc}", sent=False) from exc
+        self._outbox += HEADER.pack(len(body))
+        self._outbox += body
+        self._batch.append(rid)
+        if not self._flush_scheduled:
+            # Requests made in the same loop turn leave in one write (one proxy wake-up).
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
         try:
             answer = await asyncio.wait_for(future, backstop_s)
         finally:
@@ -82,6 +87,20 @@ class Channel:
             error = answer.get("error") or {}
             raise RemoteError(error.get("type", "?"), error.get("message", ""), error.get("errno"))
         return answer["result"]
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data, self._outbox = bytes(self._outbox), bytearray()
+        batch, self._batch = self._batch, []
+        try:
+            self._link.write(data)
+        except (ConnectionError, OSError) as exc:
+            unsent = LinkLost(f"writing to the supervisor failed: {exc}", sent=False)
+            for rid in batch:
+                future = self._pending.get(rid)
+                if future is not None and not future.done():
+                    future.set_exception(unsent)
+            self._fail_all(LinkLost(f"the supervisor stream broke: {exc}", sent=True))
 
     def close(self) -> None:
         self._reader.cancel()

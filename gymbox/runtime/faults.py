@@ -56,7 +56,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Protocol
 
+import docker.errors
+
 from gymbox.runtime.backend import Backend, Instance, InstanceState, Link
+from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import EngineUnavailable, InvalidRequest
 from gymbox.runtime.spec import SandboxSpec
 
@@ -276,7 +279,7 @@ class Saboteur(Protocol):
 class DockerSaboteur:
     """Container faults through the Docker engine's own API, as an operator would do them."""
 
-    def __init__(self, backend: Any) -> None:
+    def __init__(self, backend: DockerBackend) -> None:
         self._backend = backend
 
     async def kill(self, instance_id: str) -> None:
@@ -298,8 +301,6 @@ class DockerSaboteur:
         await self._quietly(kill)
 
     async def _quietly(self, action: Any) -> None:
-        import docker.errors
-
         def run() -> None:
             # The container may be gone already (auto-removed after another fault): nothing to do.
             with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
@@ -325,7 +326,7 @@ class FaultInjector:
     """
 
     def __init__(self, backend: Backend, plan: FaultPlan) -> None:
-        if plan.needs_container and backend.name != "docker":
+        if plan.needs_container and not isinstance(backend, DockerBackend):
             raise InvalidRequest(
                 f"the plan kills or pauses containers, which the {backend.name!r} backend does "
                 "not have; use DockerBackend, or only the wire-level kinds "
@@ -336,7 +337,9 @@ class FaultInjector:
         self.log = FaultLog()
         self.requests = 0
         """How many requests faults could have struck (to compare ``len(log)`` with)."""
-        self.saboteur: Saboteur = DockerSaboteur(backend)
+        self.saboteur: Saboteur | None = (
+            DockerSaboteur(backend) if isinstance(backend, DockerBackend) else None)
+        """Does the container faults; None on a backend without containers."""
         self._draws = plan.draws()
         self._spared_until: dict[str, float] = {}
         self._started = time.monotonic()
@@ -357,8 +360,7 @@ class FaultInjector:
         """Wait for strikes in flight and unpause what is still paused (so it can be removed)."""
         await asyncio.gather(*self._strikes, return_exceptions=True)
         for instance_id in list(self._paused):
-            await self.saboteur.unpause(instance_id)
-        self._paused.clear()
+            await self.release(instance_id)
 
     # -- used by the wrapped instances -----------------------------------------------------------
 
@@ -403,12 +405,13 @@ class FaultInjector:
         return task
 
     async def pause(self, instance_id: str) -> None:
+        assert self.saboteur is not None
         self._paused.add(instance_id)
         await self.saboteur.pause(instance_id)
 
     async def release(self, instance_id: str) -> None:
         """Undo what would stop an instance from being removed."""
-        if instance_id in self._paused:
+        if instance_id in self._paused and self.saboteur is not None:
             self._paused.discard(instance_id)
             await self.saboteur.unpause(instance_id)
 
@@ -442,6 +445,7 @@ class FaultyLink:
         self._instance = instance
         self._inner = inner
         self._buffer = bytearray()
+        self._outgoing = bytearray()
         self._struck: dict[int, FaultKind] = {}
         self._supervisor_pid: int | None = None
         self._ended = False
@@ -449,15 +453,16 @@ class FaultyLink:
         self._strike: asyncio.Future[None] | None = None
 
     def write(self, data: bytes) -> None:
-        # The channel writes each request as one whole frame.
-        request = _frame_json(data)
-        kind = self._injector.decide(request) if request is not None else None
         self._inner.write(data)
-        if kind is None or request is None:
-            return
-        self._struck[request["id"]] = kind
-        self._injector.record(kind, self._instance.id, _describe(request))
-        self._strike = self._injector.spawn(self._do_strike(kind))
+        self._outgoing += data
+        for frame in _split_frames(self._outgoing):
+            request = _frame_json(frame)
+            kind = self._injector.decide(request) if request is not None else None
+            if kind is None or request is None:
+                continue
+            self._struck[request["id"]] = kind
+            self._injector.record(kind, self._instance.id, _describe(request))
+            self._strike = self._injector.spawn(self._do_strike(kind))
 
     async def read(self) -> bytes:
         while True:
@@ -486,28 +491,28 @@ class FaultyLink:
         self._inner.close()
 
     async def _do_strike(self, kind: FaultKind) -> None:
+        if kind is FaultKind.ENGINE_OUTAGE:
+            self._injector.start_outage()
+            self._dropped = True
+            self._inner.close()  # the attach stream went with the connection: the supervisor exits
+            return
+        if kind not in CONTAINER_KINDS:
+            return  # the wire faults act on the response, in read()
         saboteur = self._injector.saboteur
+        assert saboteur is not None  # the injector refuses container kinds without one
         instance_id = self._instance.id
         if kind is FaultKind.KILL_CONTAINER:
             await saboteur.kill(instance_id)
         elif kind is FaultKind.PAUSE_CONTAINER:
             await self._injector.pause(instance_id)
-        elif kind is FaultKind.KILL_SUPERVISOR and self._supervisor_pid is not None:
+        elif self._supervisor_pid is not None:
             await saboteur.kill_process(instance_id, self._supervisor_pid)
-        elif kind is FaultKind.ENGINE_OUTAGE:
-            self._injector.start_outage()
-            self._dropped = True
-            self._inner.close()  # the attach stream went with the connection: the supervisor exits
 
     def _pass_frames(self) -> bytes:
         """Complete frames from the buffer, each as the faults on its request leave it."""
         out = bytearray()
-        while len(self._buffer) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._buffer)
-            if len(self._buffer) < HEADER.size + size:
-                break
-            frame = bytes(self._buffer[: HEADER.size + size])
-            del self._buffer[: HEADER.size + size]
+        for frame in _split_frames(self._buffer):
+            size = len(frame) - HEADER.size
             message = _frame_json(frame)
             rid = message.get("id") if message is not None else None
             if message is not None and message.get("event") == "ready":
@@ -525,6 +530,17 @@ class FaultyLink:
             # Any other struck request: its answer never arrives (the container is dead,
             # paused, or its supervisor killed), even if it raced the strike.
         return bytes(out)
+
+
+def _split_frames(buffer: bytearray) -> Iterator[bytes]:
+    """Take the complete frames off the front of ``buffer``, one by one."""
+    while len(buffer) >= HEADER.size:
+        (size,) = HEADER.unpack_from(buffer)
+        if len(buffer) < HEADER.size + size:
+            return
+        frame = bytes(buffer[: HEADER.size + size])
+        del buffer[: HEADER.size + size]
+        yield frame
 
 
 def _frame_json(frame: bytes) -> dict[str, Any] | None:
@@ -568,8 +584,6 @@ async def inject_faults(plan: FaultPlan, backend: Backend | None = None
                 ...
             assert faults.log.by_kind()
     """
-    from gymbox.runtime.docker_backend import DockerBackend
-
     injector = FaultInjector(backend or DockerBackend(), plan)
     try:
         yield injector

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from gymbox.runtime import cleanup
 from gymbox.runtime.backend import InstanceState
-from gymbox.runtime.errors import SandboxStartError
+from gymbox.runtime.errors import ConfigurationError, SandboxStartError
 from gymbox.runtime.spec import MiB, SandboxSpec
 
 log = logging.getLogger(__name__)
@@ -104,8 +104,8 @@ class LocalBackend:
     def __init__(self, *, use_bwrap: bool | None = None) -> None:
         self.bwrap = shutil.which("bwrap") if use_bwrap is not False else None
         if use_bwrap and self.bwrap is None:
-            raise SandboxStartError("use_bwrap=True but bwrap is not installed: apt install "
-                                    "bubblewrap, or pass use_bwrap=None")
+            raise ConfigurationError("use_bwrap=True but bwrap is not installed: apt install "
+                                     "bubblewrap, or pass use_bwrap=None")
 
     async def launch(self, spec: SandboxSpec) -> LocalInstance:
         if not LocalBackend._warned:
@@ -155,8 +155,8 @@ def _agent_python() -> str:
     for candidate in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin")):
         if candidate and _world_executable(candidate):
             return candidate
-    raise SandboxStartError("no python3 that an unprivileged user can run: install the "
-                            "system python3 (apt install python3)")
+    raise ConfigurationError("no python3 that an unprivileged user can run: install the "
+                             "system python3 (apt install python3)")
 
 
 def _world_executable(path: str) -> bool:

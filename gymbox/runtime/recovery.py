@@ -54,7 +54,7 @@ from gymbox.runtime.sandbox import DirEntry, Sandbox
 log = logging.getLogger(__name__)
 
 
-RECOVERY_BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=2.0)
+RECOVERY_BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=1.0)
 """Short waits: a fresh sandbox usually comes from a warm pool at once."""
 
 

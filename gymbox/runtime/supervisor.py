@@ -9,9 +9,10 @@ Frames, both ways: a 4-byte big-endian length, then that many bytes of UTF-8 JSO
 an ``id`` that the response repeats, so many requests can be in flight at once. The first frame
 the supervisor writes is ``{"id": 0, "event": "ready"}``.
 
-Everything runs in one thread around one ``selectors`` loop: a fork bomb that exhausts the pids
-limit cannot stop the supervisor from serving, because serving never needs a new thread. Per
-command:
+Everything runs around one ``selectors`` loop, plus a few spawner threads started at boot (a
+``Popen`` blocks until its child has exec'd; the loop must not). A fork bomb that exhausts the
+pids limit cannot stop the supervisor from serving, because serving never needs a new thread.
+Answers produced in one loop turn leave in one write. Per command:
 
 * the command runs in its own session, as the agent's uid (no capabilities), stdin at EOF unless
   the request gives stdin;
@@ -36,17 +37,20 @@ command, expires the lease at once and exits.
 """
 
 import base64
+import collections
 import contextlib
 import errno
 import heapq
 import json
 import os
+import queue
 import selectors
 import signal
 import stat
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 
@@ -56,6 +60,7 @@ READ_CHUNK = 1 << 16
 # escaped the session and the sweep (another command is still running) can hold them that long.
 PIPE_LINGER_S = 0.5
 FILE_OP_TIMEOUT_S = 30.0
+SPAWNER_THREADS = 4
 
 INTERPRETER_SOURCE = r"""
 import ast, os, sys, traceback
@@ -168,12 +173,20 @@ class Supervisor:
         self.cells = []
         self.file_ops = set()
         self.stopping = False
+        self.spawning = 0
+        self.spawn_jobs = queue.SimpleQueue()
+        self.spawned = collections.deque()
+        self.wake_r, self.wake_w = os.pipe()
+        for _ in range(SPAWNER_THREADS):
+            threading.Thread(target=self.spawner, daemon=True).start()
 
     # -- loop -------------------------------------------------------------------------------
 
     def run(self):
+        os.chdir(self.workdir)  # a relative cwd in a request is relative to the workspace
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, self.on_host)
+        self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_spawned)
         self.send({"id": 0, "event": "ready", "pid": os.getpid(), "oom": bool(self.oom_path)})
         self.flush()
         while not self.stopping:
@@ -326,7 +339,8 @@ class Supervisor:
     def idle(self):
         """No command is running and no cell is executing: a sweep cannot hit innocent work."""
         running = any(command.returncode is None for command in self.commands.values())
-        return not (running or self.file_ops or (self.interpreter and self.interpreter.cell))
+        return not (running or self.spawning or self.file_ops
+                    or (self.interpreter and self.interpreter.cell))
 
     def oom_kills(self):
         return read_oom_kills(self.oom_path) if self.oom_path else None
@@ -334,19 +348,39 @@ class Supervisor:
     # -- commands ----------------------------------------------------------------------------
 
     def start_command(self, rid, request):
-        env = dict(self.env)
-        env.update(request.get("env") or {})
-        cwd = request.get("cwd") or self.workdir
-        stdin = request.get("stdin")
-        stdin_data = base64.b64decode(stdin) if stdin is not None else None
-        started = time.monotonic()
-        try:
-            proc = self.spawn(request["argv"], cwd=cwd, env=env,
-                              stdin=subprocess.DEVNULL if stdin_data is None else subprocess.PIPE)
-        except OSError as exc:
-            self.reply(rid, spawn_failure(request["argv"][0], cwd, exc, started))
-            return
-        self.commands[rid] = Command(self, rid, proc, request, stdin_data, started)
+        """Hand the spawn to a spawner thread: ``Popen`` blocks until the child has exec'd
+        (to report exec errors), and the loop must not wait on that."""
+        self.spawning += 1
+        self.spawn_jobs.put((rid, request, time.monotonic()))
+
+    def spawner(self):
+        """A spawner thread's body. The threads exist from the start, so spawning never needs
+        a new thread (a fork bomb may have used up the pids limit by then)."""
+        while True:
+            rid, request, started = self.spawn_jobs.get()
+            env = dict(self.env)
+            env.update(request.get("env") or {})
+            cwd = request.get("cwd") or self.workdir
+            piped = request.get("stdin") is not None
+            try:
+                outcome = self.spawn(request["argv"], cwd=cwd, env=env,
+                                     stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
+            except OSError as exc:
+                outcome = spawn_failure(request["argv"][0], cwd, exc, started)
+            self.spawned.append((rid, request, started, outcome))
+            os.write(self.wake_w, b"!")
+
+    def on_spawned(self, fd):
+        os.read(fd, 4096)
+        while self.spawned:
+            rid, request, started, outcome = self.spawned.popleft()
+            self.spawning -= 1
+            if isinstance(outcome, dict):
+                self.reply(rid, outcome)
+                continue
+            stdin = request.get("stdin")
+            stdin_data = base64.b64decode(stdin) if stdin is not None else None
+            self.commands[rid] = Command(self, rid, outcome, request, stdin_data, started)
 
     def next_cell(self):
         if not self.cells or (self.interpreter and self.interpreter.cell):

@@ -13,6 +13,9 @@ from gymbox.agents.policy import Completion, Policy, SamplingParams, Transformer
 from gymbox.rewards.tokens import token_stats
 from gymbox.runtime.errors import InvalidRequest
 
+# Every test here needs SmolLM2 converted (its tokenizer, at least).
+pytestmark = pytest.mark.model
+
 
 def chat(policy: TransformersPolicy, *questions: str) -> list[list[int]]:
     return [
@@ -178,3 +181,19 @@ def test_a_batch_encoding_is_rejected_with_the_fix(tiny: TransformersPolicy):
 def test_bad_sampling_params_are_rejected(kwargs):
     with pytest.raises(InvalidRequest):
         SamplingParams(**kwargs)
+
+
+def test_sampling_ignores_dropout_and_leaves_the_trainers_mode_alone(tiny: TransformersPolicy):
+    """The trainer shares the model and leaves it in train mode; sampling must still use the
+    deterministic network, or the recorded log-probs belong to a random sub-network."""
+    config = tiny.model.config.to_dict() | {"attention_dropout": 0.5}
+    model = type(tiny.model)(type(tiny.model.config).from_dict(config))
+    model.load_state_dict(tiny.model.state_dict())
+    policy = TransformersPolicy(model, tiny.tokenizer)
+    model.train()
+    prompts = chat(policy, "dropout?")
+    [c] = policy.generate(prompts, SamplingParams(max_new_tokens=8, seed=0))
+    assert model.training
+    model.eval()
+    logprobs, _ = recompute(policy, prompts[0], c, 1.0)
+    torch.testing.assert_close(c.logprobs, logprobs, atol=1e-4, rtol=1e-4)

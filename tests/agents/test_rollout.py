@@ -23,6 +23,9 @@ from gymbox.envs.core import Reply, Task
 from gymbox.rewards.tokens import token_stats
 from gymbox.runtime.errors import InvalidRequest, SandboxDied, SandboxStartError
 
+# Every test here needs SmolLM2 converted (its tokenizer, at least).
+pytestmark = pytest.mark.model
+
 SAMPLING = SamplingParams(max_new_tokens=10, temperature=0.8, seed=0)
 BUDGET = Budget(max_tokens=480)
 
@@ -63,8 +66,9 @@ def test_the_loss_mask_is_one_exactly_on_the_models_turns(tiny, calculator_group
         assert len(model_runs) == t.turns
         assert t.loss_mask[-1] == 1, "the sequence ends with the model's last token"
         said = [m["content"] for m in t.messages if m["role"] == "assistant"]
-        assert [decode([t.token_ids[i] for i in r], skip_special_tokens=True)
-                for r in model_runs] == said
+        eos = tiny.tokenizer.eos_token_id
+        turns = [[t.token_ids[i] for i in r] for r in model_runs]
+        assert [decode(ids[:-1] if ids[-1] == eos else ids) for ids in turns] == said
         replies = [m["content"] for m in t.messages[2:] if m["role"] != "assistant"]
         between = [decode([t.token_ids[i] for i in r]) for r in runs(t.loss_mask, 0)[1:]]
         assert len(between) == t.turns - 1
@@ -193,7 +197,30 @@ def test_a_template_that_rewrites_earlier_turns_is_rejected(tiny):
         play(policy, [Calculator(max_turns=3)], seeds=[0])
 
 
-@pytest.mark.model
+def test_special_tokens_written_mid_turn_keep_the_sequence_exact(tiny):
+    """A model that writes chat-control tokens inside its turn (its logits pushed on purpose
+    towards <|im_start|>) must neither break the rollout nor desynchronise its tokens."""
+    model = copy.deepcopy(tiny.model)
+    im_start = tiny.tokenizer.convert_tokens_to_ids("<|im_start|>")
+
+    def favour_im_start(module, inputs, logits):
+        logits[..., im_start] += 6.0
+        return logits
+
+    model.lm_head.register_forward_hook(favour_im_start)
+    policy = TransformersPolicy(model, tiny.tokenizer)
+    [t] = play(policy, [Calculator(max_turns=2)], seeds=[0])
+    assert t.turns == 2
+    assert sum(i == im_start for i, m in zip(t.token_ids, t.loss_mask, strict=True) if m) >= 1
+    assert "<|im_start|>" in t.messages[2]["content"]
+    ids = torch.tensor([t.token_ids])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits
+    mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+    recomputed = token_logprobs(logits, ids, temperature=t.temperature)[0]
+    torch.testing.assert_close(recomputed[mask], t.logprobs[mask], atol=1e-4, rtol=1e-4)
+
+
 def test_smollm2_episodes_round_trip_through_the_trainers_forward_pass(smollm2):
     sampling = SamplingParams(max_new_tokens=48, temperature=0.7, seed=1,
                               stop=("</tool_call>", "</answer>"))

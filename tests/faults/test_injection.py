@@ -14,6 +14,7 @@ from gymbox.runtime import (
     DockerBackend,
     EngineUnavailable,
     InfraError,
+    LocalBackend,
     Sandbox,
     SandboxDied,
     SandboxUnresponsive,
@@ -142,3 +143,19 @@ async def test_faults_at_random_are_logged_with_their_sandbox_and_time():
     drawn = plan.draw_sequence(6)  # the plan alone says which calls fail, and how
     assert [o is not None for o in outcomes] == [d is not None for d in drawn]
     assert [str(f.kind) for f in faults.log] == [d for d in drawn if d is not None]
+
+
+@pytest.mark.filterwarnings("ignore:gymbox LocalBackend runs agent code")
+async def test_wire_faults_work_on_any_backend():
+    plan = FaultPlan(scripted={1: FaultKind.GARBLE_RESPONSE, 2: FaultKind.TRUNCATE_RESPONSE})
+    async with inject_faults(plan, LocalBackend()) as faults:
+        async with await Sandbox.open(SPEC, backend=faults) as sandbox:
+            with pytest.raises(SupervisorFault):
+                await sandbox.exec("echo one", timeout=2)
+        async with await Sandbox.open(SPEC, backend=faults) as sandbox:
+            with pytest.raises(AmbiguousExecution):
+                await sandbox.exec("echo two", timeout=2)
+        async with await Sandbox.open(SPEC, backend=faults) as sandbox:
+            assert (await sandbox.exec("echo three", timeout=2)).stdout == "three\n"
+    assert [f.kind for f in faults.log] == [FaultKind.GARBLE_RESPONSE,
+                                            FaultKind.TRUNCATE_RESPONSE]

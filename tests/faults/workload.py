@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 import time
 import uuid
@@ -37,8 +38,9 @@ SPEC = SandboxSpec(grace_s=0.2, backstop_margin_s=1.0, default_timeout_s=CALL_TI
 POLICY = RecoveryPolicy(max_attempts=4, deadline_s=15.0)
 BACKSTOP_S = CALL_TIMEOUT_S + SPEC.grace_s + SPEC.backstop_margin_s
 EPISODE_DEADLINE_S = 4 * (BACKSTOP_S + POLICY.deadline_s)
-"""The start and three calls, each failing at most once before its bounded recovery: what an
-episode may take at worst. A hang fails the test instead of stalling it."""
+"""What an episode may take at worst: its start (a recovery's deadline) and three calls, each
+hanging to its backstop and then recovering for a whole deadline. Past it the episode is
+cancelled and the test fails, instead of stalling."""
 
 
 async def containers_left(client: Any, *, settle_s: float = 10.0) -> list[str]:
@@ -87,8 +89,7 @@ class ProductEnv(ToolEnv):
 
 
 def call(name: str, **arguments: str) -> str:
-    import json
-
+    """The agent's text for one tool call."""
     return f"<tool_call>{json.dumps({'name': name, 'arguments': arguments})}</tool_call>"
 
 

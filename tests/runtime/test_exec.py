@@ -26,8 +26,9 @@ async def test_runs_as_the_agent_in_its_workspace(sandbox):
 
 async def test_cwd_env_and_stdin(sandbox):
     await sandbox.exec("mkdir -p sub", timeout=10)
-    assert (await sandbox.exec("pwd", cwd=f"{sandbox.workdir}/sub", timeout=10)).stdout.strip() \
-        == f"{sandbox.workdir}/sub"
+    for cwd in (f"{sandbox.workdir}/sub", "sub"):
+        assert (await sandbox.exec("pwd", cwd=cwd, timeout=10)).stdout.strip() \
+            == f"{sandbox.workdir}/sub"
     assert (await sandbox.exec("echo $GREETING", env={"GREETING": "hi"}, timeout=10)).stdout \
         == "hi\n"
     echoed = await sandbox.exec(["cat"], stdin=b"\x00binary\xff" * 50_000, timeout=10)
