@@ -136,16 +136,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Held-out accuracy and pass@k of a model (or a training checkpoint)."""
-    import asyncio
-
-    from gymbox.agents.train import evaluate, load_policy, make_env_factory
+    from gymbox.agents.train import evaluate_config
 
     config = _train_config(args)
-    policy = load_policy(config.model, checkpoint=args.checkpoint)
-    result = asyncio.run(evaluate(
-        policy, make_env_factory(config), config.eval, max_turns=config.max_turns,
-        max_tokens=config.max_tokens, max_new_tokens=config.sampling.max_new_tokens,
-    ))
+    result = evaluate_config(config, checkpoint=args.checkpoint)
     console.print(
         f"{config.env}: accuracy {result.accuracy:.3f}, pass@{result.k} {result.pass_at_k:.3f} "
         f"on {result.episodes} held-out tasks (valid {result.valid_fraction:.0%})"

@@ -21,6 +21,7 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("held-out accuracy", ("eval/accuracy",)),
     ("valid fraction", ("valid_fraction",)),
     ("infra failures by kind", ("infra/",)),
+    ("recovery (cumulative)", ("recovery/recovered", "recovery/masked", "recovery/agent_caused")),
     ("entropy", ("entropy",)),
     ("self-certainty", ("self_certainty",)),
     ("KL to behaviour / reference", ("kl", "approx_kl")),

@@ -36,8 +36,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,14 +212,17 @@ async def rollout(
     chat = ChatFormat(policy.tokenizer)
     episodes = [_Episode(env, seed, chat) for env, seed in zip(envs, seeds, strict=True)]
     await _gather_all(e.start(options) for e in episodes)
-    turn = 0
-    while running := [e for e in episodes if e.wants_turn(budget, turn)]:
+    for turn in itertools.count():
+        for episode in episodes:
+            episode.truncate_if_over(budget, turn)
+        running = [e for e in episodes if e.status == "running"]
+        if not running:
+            break
         turn_sampling = sampling
         if sampling.seed is not None:
             turn_sampling = dataclasses.replace(sampling, seed=sampling.seed + turn)
         completions = await asyncio.to_thread(_generate, policy, running, turn_sampling, budget)
         await _gather_all(e.act(c) for e, c in zip(running, completions, strict=True))
-        turn += 1
     tau = sampling.stats_temperature
     return [e.trajectory(tau) for e in episodes]
 
@@ -231,17 +235,20 @@ def _generate(policy: Policy, episodes: list[_Episode], sampling: SamplingParams
         cap = min(sampling.max_new_tokens, budget.max_tokens - len(episode.token_ids))
         by_cap.setdefault(cap, []).append(index)
     completions: list[Completion | None] = [None] * len(episodes)
-    for cap, indices in by_cap.items():
+    for call, (cap, indices) in enumerate(by_cap.items()):
+        # Each call gets its own seed: the same seed twice would give row i of both calls the
+        # same random draws.
+        seed = None if sampling.seed is None else sampling.seed + 1_000_003 * call
         batch = policy.generate(
             [episodes[i].token_ids for i in indices],
-            dataclasses.replace(sampling, max_new_tokens=cap),
+            dataclasses.replace(sampling, max_new_tokens=cap, seed=seed),
         )
         for i, completion in zip(indices, batch, strict=True):
             completions[i] = completion
     return [c for c in completions if c is not None]
 
 
-async def _gather_all(coroutines) -> None:
+async def _gather_all(coroutines: Iterable[Awaitable[None]]) -> None:
     """Run all to the end, then raise the first failure: no episode is left half-stepped."""
     results = await asyncio.gather(*coroutines, return_exceptions=True)
     for result in results:
@@ -277,19 +284,17 @@ class _Episode:
         self._append_env_text()
         self.prompt_length = len(self.token_ids)
 
-    def wants_turn(self, budget: Budget, turn: int) -> bool:
-        """True when the episode needs another model turn and the budgets allow one."""
-        if self.status != "running":
-            return False
-        if len(self.token_ids) < budget.max_tokens and (
-            budget.max_turns is None or turn < budget.max_turns
-        ):
-            return True
+    def truncate_if_over(self, budget: Budget, turn: int) -> None:
+        """End a running episode as truncated when a budget leaves no room for model turn
+        ``turn``."""
+        tokens_left = len(self.token_ids) < budget.max_tokens
+        turns_left = budget.max_turns is None or turn < budget.max_turns
+        if self.status != "running" or (tokens_left and turns_left):
+            return
         self.status = "truncated"
         self.reward = RewardRecord(
             value=0.0, components={"gold": RewardComponent(0.0)}, reason="rollout_budget"
         )
-        return False
 
     async def act(self, completion: Completion) -> None:
         """Append the model's turn, let the env answer it, and append that answer if the

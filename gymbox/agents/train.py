@@ -9,12 +9,13 @@ training never draws (training uses ``seed · 1_000_003 + group index``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import math
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,8 +37,11 @@ from gymbox.envs.core import ToolEnv
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
 from gymbox.rewards.extract import boxed
 from gymbox.rewards.intrinsic import majority_vote
-from gymbox.rewards.mix import Constant, Cosine, Linear, RewardMix, Term
+from gymbox.rewards.mix import Constant, Cosine, Linear, MixedAdvantages, RewardMix, Term
+from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.errors import ConfigurationError
+from gymbox.runtime.pool import SandboxPool
+from gymbox.runtime.recovery import RecoveringSandboxes
 
 IntrinsicName = Literal["majority_vote", "self_certainty", "entropy"]
 
@@ -128,29 +132,59 @@ class RunSummary:
 
 def load_policy(model: str | None, *, checkpoint: str | Path | None = None) -> TransformersPolicy:
     """The configured model, with a training checkpoint's weights when one is given."""
+    path = Path(checkpoint) / "trainer.pt" if checkpoint is not None else None
+    if path is not None and not path.is_file():
+        raise ConfigurationError(f"{checkpoint} is not a checkpoint (no trainer.pt in it)")
     policy = TransformersPolicy.load(model)
-    if checkpoint is not None:
-        path = Path(checkpoint) / "trainer.pt"
-        if not path.is_file():
-            raise ConfigurationError(f"{checkpoint} is not a checkpoint (no trainer.pt in it)")
+    if path is not None:
         state = torch.load(path, map_location="cpu", weights_only=False)
         policy.model.load_state_dict(state["model"])
     return policy
 
 
-def make_env_factory(config: TrainConfig):
-    """A zero-argument factory of the configured env, unwrapped to its :class:`ToolEnv`."""
+def make_env_factory(config: TrainConfig) -> Callable[..., ToolEnv]:
+    """A factory of the configured env, unwrapped to its :class:`ToolEnv`; keyword arguments
+    go to the env's constructor on top of ``config.env_kwargs``."""
     if config.env not in gymnasium.registry:
         known = ", ".join(sorted(k for k in gymnasium.registry if k.startswith("gymbox/")))
         raise ConfigurationError(f"unknown env {config.env!r}; gymbox envs: {known}")
 
-    def make() -> ToolEnv:
-        env = gymnasium.make(config.env, **config.env_kwargs).unwrapped
+    def make(**extra: Any) -> ToolEnv:
+        env = gymnasium.make(config.env, **{**config.env_kwargs, **extra}).unwrapped
         if not isinstance(env, ToolEnv):
             raise ConfigurationError(f"{config.env} is not a gymbox ToolEnv")
         return env
 
     return make
+
+
+@dataclass
+class EnvSupply:
+    """Where a run's envs come from: the factory, and the sandboxes they share (if any)."""
+
+    make: Callable[[], ToolEnv]
+    sandboxes: RecoveringSandboxes | None
+
+    def metrics(self) -> dict[str, float]:
+        return self.sandboxes.metrics.as_dict() if self.sandboxes is not None else {}
+
+
+@contextlib.asynccontextmanager
+async def env_supply(config: TrainConfig, *, episodes_at_once: int) -> AsyncIterator[EnvSupply]:
+    """The configured env. Sandbox envs share one warm :class:`SandboxPool` behind
+    :class:`RecoveringSandboxes` (journal replay on infra failures, agent attribution) and an
+    :class:`InfraCircuitBreaker`, so a flaky engine slows the run down or stops it instead of
+    biasing it."""
+    make = make_env_factory(config)
+    probe = make()
+    needs_sandbox = probe.needs_sandbox
+    await probe.aclose()
+    if not needs_sandbox:
+        yield EnvSupply(make, None)
+        return
+    async with SandboxPool(size=max(1, min(episodes_at_once, 16))) as pool:
+        sandboxes = RecoveringSandboxes(pool, breaker=InfraCircuitBreaker())
+        yield EnvSupply(lambda: make(sandboxes=sandboxes), sandboxes)
 
 
 def build_reward_mix(config: RewardConfig, steps: int) -> RewardMix:
@@ -234,6 +268,21 @@ async def evaluate(
     return EvalResult(accuracy, pass_at_k, config.k, len(valid) / len(trajectories), len(seeds))
 
 
+def evaluate_config(config: TrainConfig, *, checkpoint: str | Path | None = None) -> EvalResult:
+    """``gymbox eval``: the configured model (or a checkpoint of it) on held-out seeds."""
+    make_env_factory(config)
+    policy = load_policy(config.model, checkpoint=checkpoint)
+
+    async def session() -> EvalResult:
+        async with env_supply(config, episodes_at_once=config.eval.episodes) as supply:
+            return await evaluate(
+                policy, supply.make, config.eval, max_turns=config.max_turns,
+                max_tokens=config.max_tokens, max_new_tokens=config.sampling.max_new_tokens,
+            )
+
+    return asyncio.run(session())
+
+
 def _pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples with c correct (Chen et al., 2021): 1 - C(n-c,k)/C(n,k)."""
     if n - c < k:
@@ -249,7 +298,7 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_mapping(config), indent=2))
     torch.manual_seed(config.seed)
-    make_env = make_env_factory(config)
+    make_env_factory(config)  # an unknown env fails here, before the model loads
 
     console.print(f"[bold]gymbox train[/] {config.env} → {run_dir}")
     with console.status("loading the model"):
@@ -280,12 +329,6 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
 
     eval_kwargs = dict(max_turns=config.max_turns, max_tokens=config.max_tokens,
                        max_new_tokens=config.sampling.max_new_tokens)
-    before = None
-    if evaluate_before:
-        with console.status(f"held-out evaluation ({config.eval.episodes} episodes)"):
-            before = asyncio.run(evaluate(learner, make_env, config.eval, **eval_kwargs))
-        console.print(f"before: accuracy {before.accuracy:.3f} on {before.episodes} held-out tasks")
-
     mix = build_reward_mix(config.reward, config.steps)
     loop_config = LoopConfig(
         steps=config.steps - first_step, groups_per_step=config.groups_per_step,
@@ -298,7 +341,7 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
     )
     budget = Budget(max_tokens=config.max_tokens, max_turns=config.max_turns)
 
-    def score(groups: Sequence[Group], step: int):
+    def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
         flat = [t for g in groups for t in g.trajectories]
         valid = torch.tensor([t.valid for t in flat])
         ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
@@ -306,49 +349,64 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
         return mix.advantages(rewards, valid, ids, step=step)
 
     stop = {"requested": False}
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     metrics = MetricsWriter(run_dir)
     samples_file = (run_dir / "samples.jsonl").open("a")
     progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
+    task = progress.add_task("train", total=config.steps, completed=first_step, status="")
 
-    def on_step(report: StepReport) -> None:
-        row = _step_metrics(report)
-        metrics.write(report.step, row)
-        for group in report.groups:
-            t = group.trajectories[0]
-            samples_file.write(json.dumps({
-                "step": report.step, "group": group.index, "seed": group.seed,
-                "status": t.status, "reward": t.reward.value, "messages": t.messages,
-            }) + "\n")
-        samples_file.flush()
-        progress.update(task, advance=1, status=(
-            f"reward {row['reward/mean']:.2f}  valid {row['valid_fraction']:.2f}  "
-            f"loss {row['loss']:+.3f}"))
-        done = report.step + 1
-        if config.checkpoint_every and done % config.checkpoint_every == 0:
-            trainer.save_checkpoint(checkpoints / f"step-{done}")
+    async def session() -> tuple[EvalResult | None, int, EvalResult | None]:
+        at_once = max(config.group_size * config.rollout_workers, config.eval.episodes)
+        async with env_supply(config, episodes_at_once=at_once) as supply:
+            before = None
+            if evaluate_before:
+                with console.status(f"held-out evaluation ({config.eval.episodes} episodes)"):
+                    before = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
+                console.print(f"before: accuracy {before.accuracy:.3f} "
+                              f"on {before.episodes} held-out tasks")
 
+            def on_step(report: StepReport) -> None:
+                row = {**_step_metrics(report), **supply.metrics()}
+                metrics.write(report.step, row)
+                for group in report.groups:
+                    t = group.trajectories[0]
+                    samples_file.write(json.dumps({
+                        "step": report.step, "group": group.index, "seed": group.seed,
+                        "status": t.status, "reward": t.reward.value, "messages": t.messages,
+                    }) + "\n")
+                samples_file.flush()
+                progress.update(task, advance=1, status=(
+                    f"reward {row['reward/mean']:.2f}  valid {row['valid_fraction']:.2f}  "
+                    f"loss {row['loss']:+.3f}"))
+                done = report.step + 1
+                if config.checkpoint_every and done % config.checkpoint_every == 0:
+                    trainer.save_checkpoint(checkpoints / f"step-{done}")
+
+            with progress:
+                steps_done = await run_loop(
+                    generator=generator, trainer=trainer, make_env=supply.make, score=score,
+                    config=loop_config, sampling=sampling, budget=budget, on_step=on_step,
+                    should_stop=lambda: stop["requested"], first_step=first_step,
+                )
+            after = None
+            if not stop["requested"]:
+                with console.status("held-out evaluation"):
+                    after = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
+            return before, steps_done, after
+
+    # Ctrl-C ends the run after the step in flight, with a checkpoint, instead of mid-update.
+    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     try:
-        with progress:
-            task = progress.add_task("train", total=config.steps, completed=first_step, status="")
-            steps_done = asyncio.run(run_loop(
-                generator=generator, trainer=trainer, make_env=make_env, score=score,
-                config=loop_config, sampling=sampling, budget=budget, on_step=on_step,
-                should_stop=lambda: stop["requested"], first_step=first_step,
-            ))
+        before, steps_done, after = asyncio.run(session())
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         metrics.close()
         samples_file.close()
     total_steps = first_step + steps_done
     trainer.save_checkpoint(checkpoints / f"step-{total_steps}")
-    if stop["requested"]:
+    if after is None:
         console.print(f"interrupted: checkpoint saved at step {total_steps}")
         return RunSummary(run_dir, total_steps, before, None, None, interrupted=True)
-
-    with console.status("held-out evaluation"):
-        after = asyncio.run(evaluate(learner, make_env, config.eval, **eval_kwargs))
     if before is not None:
         console.print(f"after:  accuracy {after.accuracy:.3f} (before {before.accuracy:.3f})")
     plot = plot_metrics(run_dir)

@@ -32,11 +32,14 @@ log = logging.getLogger(__name__)
 SUPERVISOR_SOURCE = (Path(__file__).parent / "supervisor.py").read_text()
 LEASE_DIR = "/run/gymbox"
 LEASE_PATH = f"{LEASE_DIR}/lease"
-# $1 is the first deadline; the supervisor overwrites the lease file on each renewal.
+# $1 is the first deadline; the supervisor overwrites the lease file on each renewal. Every
+# external command may fail to fork while the agent's fork bomb holds the pids limit: a failure
+# retries instead of ending the loop (which would end the container, and blame the agent).
 LEASE_WATCH = (
-    'deadline=$1; while sleep 1; do '
+    'deadline=$1; while :; do sleep 1 || continue; '
     f'[ -r {LEASE_PATH} ] && read deadline < {LEASE_PATH}; '
-    '[ "$(date +%s)" -lt "$deadline" ] || exit 0; done'
+    'now=$(date +%s) || continue; [ -n "$now" ] || continue; '
+    '[ "$now" -lt "$deadline" ] || exit 0; done'
 )
 MUX_HEADER = struct.Struct(">BxxxI")
 # Reads exactly argv[1] bytes of supervisor source from stdin (raw reads: nothing read ahead

@@ -10,9 +10,10 @@ an ``id`` that the response repeats, so many requests can be in flight at once. 
 the supervisor writes is ``{"id": 0, "event": "ready"}``.
 
 Everything runs around one ``selectors`` loop, plus a few spawner threads started at boot (a
-``Popen`` blocks until its child has exec'd; the loop must not). A fork bomb that exhausts the
-pids limit cannot stop the supervisor from serving, because serving never needs a new thread.
-Answers produced in one loop turn leave in one write. Per command:
+``Popen`` blocks until its child has exec'd; with other commands in flight the loop must not).
+A fork bomb that exhausts the pids limit cannot stop the supervisor from serving, because
+serving never needs a new thread. Answers produced in one loop turn leave in one write. Per
+command:
 
 * the command runs in its own session, as the agent's uid (no capabilities), stdin at EOF unless
   the request gives stdin;
@@ -348,39 +349,50 @@ class Supervisor:
     # -- commands ----------------------------------------------------------------------------
 
     def start_command(self, rid, request):
-        """Hand the spawn to a spawner thread: ``Popen`` blocks until the child has exec'd
-        (to report exec errors), and the loop must not wait on that."""
-        self.spawning += 1
-        self.spawn_jobs.put((rid, request, time.monotonic()))
+        """Spawn in the loop when nothing else is in flight; else hand the spawn to a spawner
+        thread. ``Popen`` blocks until its child has exec'd (to report exec errors): alone,
+        that wait costs less than a hand-off; with commands in flight, the loop must not wait."""
+        started = time.monotonic()
+        if self.spawning or not self.idle():
+            self.spawning += 1
+            self.spawn_jobs.put((rid, request, started))
+        else:
+            self.adopt(rid, request, started, self.launch(request, started))
 
     def spawner(self):
         """A spawner thread's body. The threads exist from the start, so spawning never needs
         a new thread (a fork bomb may have used up the pids limit by then)."""
         while True:
             rid, request, started = self.spawn_jobs.get()
-            env = dict(self.env)
-            env.update(request.get("env") or {})
-            cwd = request.get("cwd") or self.workdir
-            piped = request.get("stdin") is not None
-            try:
-                outcome = self.spawn(request["argv"], cwd=cwd, env=env,
-                                     stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
-            except OSError as exc:
-                outcome = spawn_failure(request["argv"][0], cwd, exc, started)
-            self.spawned.append((rid, request, started, outcome))
+            self.spawned.append((rid, request, started, self.launch(request, started)))
             os.write(self.wake_w, b"!")
+
+    def launch(self, request, started):
+        """A started ``Popen``, or the result of a command that could not start."""
+        env = dict(self.env)
+        env.update(request.get("env") or {})
+        cwd = request.get("cwd") or self.workdir
+        piped = request.get("stdin") is not None
+        try:
+            return self.spawn(request["argv"], cwd=cwd, env=env,
+                              stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
+        except OSError as exc:
+            return spawn_failure(request["argv"][0], cwd, exc, started)
 
     def on_spawned(self, fd):
         os.read(fd, 4096)
         while self.spawned:
             rid, request, started, outcome = self.spawned.popleft()
             self.spawning -= 1
-            if isinstance(outcome, dict):
-                self.reply(rid, outcome)
-                continue
-            stdin = request.get("stdin")
-            stdin_data = base64.b64decode(stdin) if stdin is not None else None
-            self.commands[rid] = Command(self, rid, outcome, request, stdin_data, started)
+            self.adopt(rid, request, started, outcome)
+
+    def adopt(self, rid, request, started, outcome):
+        if isinstance(outcome, dict):
+            self.reply(rid, outcome)
+            return
+        stdin = request.get("stdin")
+        stdin_data = base64.b64decode(stdin) if stdin is not None else None
+        self.commands[rid] = Command(self, rid, outcome, request, stdin_data, started)
 
     def next_cell(self):
         if not self.cells or (self.interpreter and self.interpreter.cell):
