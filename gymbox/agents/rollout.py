@@ -28,8 +28,10 @@ Example:
     >>> policy = TransformersPolicy.load()                                   # doctest: +SKIP
     >>> envs = [Calculator() for _ in range(4)]
     >>> group = asyncio.run(rollout(policy, envs, seeds=[7] * 4))            # doctest: +SKIP
-    >>> [t.status for t in group], [t.reward.value for t in group]           # doctest: +SKIP
-    (['completed', 'completed', 'truncated', 'completed'], [1.0, 0.0, 0.0, 1.0])
+    >>> len(group), all(len(t.token_ids) == len(t.loss_mask) for t in group)  # doctest: +SKIP
+    (4, True)
+    >>> group[0].status in ("completed", "truncated", "infra_failed")        # doctest: +SKIP
+    True
 """
 
 from __future__ import annotations

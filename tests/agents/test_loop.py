@@ -100,7 +100,7 @@ class BrokenCalculator(Calculator):
 
 
 def test_a_crashing_worker_stops_the_loop_instead_of_hanging_it(tiny):
-    trainer = PolicyTrainer(tiny.model, TrainerConfig())
+    trainer = PolicyTrainer(fresh(tiny).model, TrainerConfig())
     with pytest.raises(RuntimeError, match="bug in the env"):
         asyncio.run(asyncio.wait_for(run_loop(
             generator=SyncedPolicy(tiny), trainer=trainer, make_env=BrokenCalculator,

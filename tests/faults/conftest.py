@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from workload import containers_left
+
+from tests.faults.workload import containers_left
 
 
 @pytest.fixture(autouse=True)

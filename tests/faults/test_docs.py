@@ -8,7 +8,8 @@ import types
 from pathlib import Path
 
 import pytest
-from workload import ProductEnv, product_agent
+
+from tests.faults.workload import ProductEnv, product_agent
 
 pytestmark = pytest.mark.docker
 

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 import torch
-from workload import EPISODE_DEADLINE_S, play_many, recovering
 
 from gymbox.rewards import GRPO, RLOO, DrGRPO, batch_from_records
 from gymbox.runtime.faults import FaultPlan
+from tests.faults.workload import EPISODE_DEADLINE_S, play_many, recovering
 
 pytestmark = pytest.mark.docker
 

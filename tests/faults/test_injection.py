@@ -7,7 +7,6 @@ import contextlib
 import time
 
 import pytest
-from workload import SPEC, containers_left
 
 from gymbox.runtime import (
     AmbiguousExecution,
@@ -21,6 +20,7 @@ from gymbox.runtime import (
     SupervisorFault,
 )
 from gymbox.runtime.faults import FaultKind, FaultPlan, inject_faults
+from tests.faults.workload import SPEC, containers_left
 
 pytestmark = pytest.mark.docker
 

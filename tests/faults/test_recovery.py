@@ -5,7 +5,12 @@ from __future__ import annotations
 import signal
 
 import pytest
-from workload import (
+
+from gymbox.runtime import SandboxSpec
+from gymbox.runtime.breaker import InfraCircuitBreaker, InfraFailureRateExceeded
+from gymbox.runtime.faults import FaultKind, FaultPlan
+from gymbox.runtime.recovery import RecoveryPolicy
+from tests.faults.workload import (
     BACKSTOP_S,
     SPEC,
     ProductEnv,
@@ -15,11 +20,6 @@ from workload import (
     recovering,
     scripted,
 )
-
-from gymbox.runtime import SandboxSpec
-from gymbox.runtime.breaker import InfraCircuitBreaker, InfraFailureRateExceeded
-from gymbox.runtime.faults import FaultKind, FaultPlan
-from gymbox.runtime.recovery import RecoveryPolicy
 
 pytestmark = pytest.mark.docker
 
