@@ -6,8 +6,15 @@
   batched sampling with behaviour log-probs, entropy and self-certainty per token.
 * :mod:`gymbox.agents.rollout` — episodes in tool environments as token sequences with a loss
   mask on the model's tokens: :func:`rollout` → one :class:`Trajectory` per episode.
+* :mod:`gymbox.agents.loss` and :mod:`gymbox.agents.trainer` — the clipped policy-gradient loss
+  and :class:`PolicyTrainer`, one optimiser step per batch of :class:`TrainingSample`.
+* :mod:`gymbox.agents.loop` — the actor-learner loop with bounded staleness: :func:`run_loop`.
+* :mod:`gymbox.agents.train` — ``gymbox train`` / ``gymbox eval``: :class:`TrainConfig`,
+  :func:`train`, :func:`evaluate_config`.
 """
 
+from gymbox.agents.loop import LoopConfig, SyncedPolicy, run_loop
+from gymbox.agents.loss import ClipRange, policy_loss, token_logprobs
 from gymbox.agents.models import (
     DEFAULT_MODEL,
     InvalidModel,
@@ -25,6 +32,8 @@ from gymbox.agents.rollout import (
     Trajectory,
     rollout,
 )
+from gymbox.agents.train import TrainConfig, evaluate_config, train
+from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -32,15 +41,27 @@ __all__ = [
     "Budget",
     "ChatFormat",
     "ChatTemplateMismatch",
+    "ClipRange",
     "Completion",
     "InvalidModel",
+    "LoopConfig",
     "ModelNotFound",
     "Policy",
+    "PolicyTrainer",
     "SamplingParams",
+    "SyncedPolicy",
+    "TrainConfig",
+    "TrainerConfig",
+    "TrainingSample",
     "Trajectory",
     "TransformersPolicy",
     "default_cache_dir",
+    "evaluate_config",
     "load_model",
+    "policy_loss",
     "resolve_model_dir",
     "rollout",
+    "run_loop",
+    "token_logprobs",
+    "train",
 ]

@@ -6,8 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from gymbox.agents.models import resolve_model_dir
 from gymbox.agents.policy import TransformersPolicy
@@ -31,14 +29,6 @@ def smollm2(smollm2_dir: Path) -> TransformersPolicy:
 
 
 @pytest.fixture(scope="session")
-def tiny(smollm2_dir: Path) -> TransformersPolicy:
-    """2 layers, hidden 64, SmolLM2's tokenizer and chat template, seeded random weights."""
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_dir, local_files_only=True)
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
-    return TransformersPolicy(LlamaForCausalLM(config), tokenizer)
+def tiny(tiny_model_dir: Path) -> TransformersPolicy:
+    """The tiny random Llama of ``tests/conftest.py``, loaded as a policy."""
+    return TransformersPolicy.load(tiny_model_dir)

@@ -151,7 +151,7 @@ def test_eos_ends_the_completion_and_is_kept_for_training(smollm2: TransformersP
         (["What is 2+2?"], "not a sequence of int token ids"),
         ([[1, 2, 10**9]], "outside the vocabulary"),
         ([[1, -3]], "outside the vocabulary"),
-        ([[1] * 600], "exceeds the model's context"),
+        ([[1] * 5000], "exceeds the model's context"),  # tiny: 2048 positions
     ],
 )
 def test_bad_prompts_are_rejected_before_sampling(tiny: TransformersPolicy, prompts, match):
