@@ -36,7 +36,10 @@ WARNING = (
     "(no container, no cgroup limits). Start a Docker engine for real isolation."
 )
 BWRAP_WORKDIR = "/tmp/workspace"
-SUPERVISOR_PATH = str(Path(__file__).parent / "supervisor.py")
+# Passed with -c rather than by path, and run by the interpreter's real path: bubblewrap mounts
+# a fresh /tmp, which hides a checkout or a virtualenv that lives there.
+SUPERVISOR_SOURCE = (Path(__file__).parent / "supervisor.py").read_text()
+HOST_PYTHON = os.path.realpath(sys.executable)
 
 
 class LocalLink:
@@ -122,13 +125,13 @@ class LocalBackend:
             "agent_gid": spec.agent_uid if as_root else None,
             "workdir": workdir,
             "env": {**spec.env, "HOME": workdir},
-            "python": _agent_python() if as_root else sys.executable,
+            "python": _agent_python() if as_root else HOST_PYTHON,
             "lease_path": None,
             # Sweeping the agent's uid is only safe in a pid namespace of our own.
             "sweep_uid": self.bwrap is not None,
             "oom_events": False,
         }
-        argv = [sys.executable, "-I", SUPERVISOR_PATH, json.dumps(config)]
+        argv = [HOST_PYTHON, "-I", "-c", SUPERVISOR_SOURCE, json.dumps(config)]
         if self.bwrap:
             argv = [
                 self.bwrap, "--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc",
@@ -152,7 +155,7 @@ class LocalBackend:
 
 def _agent_python() -> str:
     """A python3 the agent's uid can run: ours may sit under root's home (pyenv)."""
-    for candidate in (sys.executable, shutil.which("python3", path="/usr/local/bin:/usr/bin")):
+    for candidate in (HOST_PYTHON, shutil.which("python3", path="/usr/local/bin:/usr/bin")):
         if candidate and _world_executable(candidate):
             return candidate
     raise ConfigurationError("no python3 that an unprivileged user can run: install the "
