@@ -13,7 +13,8 @@ engine:
 * ``recovery, 10%``    — ``FaultPlan.uniform(0.10)``: every request kind, real faults;
 * ``recovery, 30%``    — the same at 30%.
 
-For each it prints episodes/s, faults injected, episodes recovered and masked, and the count of
+For each it prints episodes/s, faults injected, episodes recovered and masked, how long each
+kind of failure stalled the call it struck (``RecoveryMetrics.stalled_s``), and the count of
 **corrupted rewards**: valid rewards (or observations) that differ from the same seed's
 fault-free episode (target 0). Then the throughput ratio at 10% against 0% (target >= 0.8).
 
@@ -63,11 +64,19 @@ async def with_recovery(seeds: range, concurrency: int, think_s: float, rate: fl
                                    deadline_s=EPISODE_DEADLINE_S, think_s=think_s)
         elapsed = time.monotonic() - started
     metrics = sandboxes.metrics
+    stalls = [
+        f"  at {rate:.0%}: {failures:2d} x {kind:22s} stalled their call "
+        f"{seconds / failures:.2f} s each (noticing it, a fresh sandbox, the replay, the re-run)"
+        for kind, seconds in sorted(metrics.stalled_s.items())
+        if (failures := metrics.recovered[kind] + metrics.masked[kind]
+            + metrics.agent_caused[kind])
+    ]
     counts = {
         "injected": len(faults.log) if faults else 0,
         "recovered": sum(metrics.recovered.values()),
         "masked": sum(metrics.masked.values()) + sum(metrics.start_failed.values()),
         "blamed": sum(metrics.agent_caused.values()),
+        "stalls": stalls,
     }
     return episodes, elapsed, counts
 
@@ -101,6 +110,10 @@ async def main(episodes: int, concurrency: int, think_s: float) -> int:
               f"{counts.get('injected', 0):6d} {counts.get('recovered', 0):6d} "
               f"{counts.get('masked', 0):6d} {counts.get('blamed', 0):6d} "
               f"{corrupted(played, reference):9d}")
+    print("what each failure kind cost the call it struck:")
+    for _, _, counts in runs.values():
+        for line in counts.get("stalls", []):
+            print(line)
     ratio = (episodes / runs["recovery, 10% faults"][1]) / baseline_rate
     total_corrupted = sum(corrupted(played, reference) for played, _, _ in runs.values())
     print(f"corrupted rewards: {total_corrupted} (target 0): "

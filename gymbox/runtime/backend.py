@@ -21,6 +21,7 @@ class InstanceState(enum.Enum):
     """What the backend says about an instance right now."""
 
     RUNNING = "running"
+    PAUSED = "paused"
     EXITED = "exited"
     GONE = "gone"
 
@@ -51,7 +52,8 @@ class Instance(Protocol):
     link: Link
 
     async def state(self) -> InstanceState:
-        """Ask the backend whether the instance still runs (may raise ``EngineUnavailable``)."""
+        """Ask the backend whether the instance still runs, or is frozen (``PAUSED``: only a
+        backend that can pause instances says so). May raise ``EngineUnavailable``."""
         ...
 
     async def destroy(self) -> None:

@@ -11,6 +11,7 @@ import asyncio
 import itertools
 import json
 import struct
+import time
 from typing import Any
 
 from gymbox.runtime.backend import Link
@@ -51,6 +52,8 @@ class Channel:
         self._outbox = bytearray()
         self._batch: list[int] = []
         self._flush_scheduled = False
+        self.last_heard = time.monotonic()
+        """When the supervisor last sent anything (``time.monotonic()``)."""
         self._reader = asyncio.create_task(self._read_loop())
 
     async def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -65,6 +68,7 @@ class Channel:
             Garbled: the stream carried something that is not a frame.
             RemoteError: the supervisor answered with an error.
             TimeoutError: no answer within ``backstop_s``.
+            Exception: the error that :meth:`abort` was given.
         """
         if self._lost is not None:
             raise LinkLost(f"the supervisor stream is closed ({self._lost})", sent=False)
@@ -102,6 +106,11 @@ class Channel:
                     future.set_exception(unsent)
             self._fail_all(LinkLost(f"the supervisor stream broke: {exc}", sent=True))
 
+    def abort(self, error: BaseException) -> None:
+        """Fail every request waiting now, and every later one, with ``error`` (the sandbox
+        was found frozen: no answer will come)."""
+        self._fail_all(error)
+
     def close(self) -> None:
         self._reader.cancel()
         self._link.close()
@@ -114,6 +123,7 @@ class Channel:
                 chunk = await self._link.read()
                 if not chunk:
                     raise LinkLost("the supervisor stream ended", sent=True)
+                self.last_heard = time.monotonic()
                 buffer += chunk
                 while len(buffer) >= HEADER.size:
                     (size,) = HEADER.unpack_from(buffer)

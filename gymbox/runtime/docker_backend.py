@@ -108,7 +108,10 @@ class DockerInstance:
             if isinstance(exc.cause, docker.errors.NotFound):
                 return InstanceState.GONE
             raise
-        return InstanceState.RUNNING if info["State"]["Running"] else InstanceState.EXITED
+        state = info["State"]
+        if not state["Running"]:
+            return InstanceState.EXITED
+        return InstanceState.PAUSED if state.get("Paused") else InstanceState.RUNNING
 
     async def destroy(self) -> None:
         if self._destroyed:

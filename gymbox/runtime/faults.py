@@ -9,7 +9,7 @@ kind                      what really happens
 ========================  ==========================================================================
 ``kill_container``        ``docker kill`` while the request is in flight
 ``pause_container``       ``docker pause`` while it is in flight: the call hangs until the
-                          sandbox's backstop turns it into ``SandboxUnresponsive``
+                          sandbox's liveness probe finds it paused (``SandboxUnresponsive``)
 ``kill_supervisor``       ``docker exec kill -9`` of the supervisor inside the container
 ``engine_outage``         the connection to the engine drops mid-call and the engine stays
                           unreachable for ``outage_s`` (a client-side fake: launches and inspects

@@ -37,7 +37,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import itertools
 import logging
 import signal
 import time
@@ -56,6 +55,11 @@ log = logging.getLogger(__name__)
 
 RECOVERY_BACKOFF = Backoff(initial_s=0.1, factor=2.0, max_s=1.0)
 """Short waits: a fresh sandbox usually comes from a warm pool at once."""
+
+START_RETRY_S = 0.05
+"""The pause before asking again for a sandbox that failed to start. Short and constant: the
+source paces its own starts (a pool raises a failed start only as it happens, and retries it
+with backoff), and a longer wait would outlast an engine blip by up to itself."""
 
 
 class ReplayDiverged(InfraError):
@@ -106,6 +110,9 @@ class RecoveryMetrics:
         masked: failures recovery gave up on; their episodes end ``infra_failed``.
         agent_caused: failures blamed on the agent's call and scored.
         start_failed: episodes that could not get a first sandbox.
+        stalled_s: seconds that calls which met a failure took, from being made to their
+            outcome (noticing the failure, getting a fresh sandbox, replaying, running again):
+            what each kind of failure costs an episode.
         replays: journal entries replayed into fresh sandboxes.
     """
 
@@ -113,12 +120,13 @@ class RecoveryMetrics:
     masked: Counter[str] = field(default_factory=Counter)
     agent_caused: Counter[str] = field(default_factory=Counter)
     start_failed: Counter[str] = field(default_factory=Counter)
+    stalled_s: Counter[str] = field(default_factory=Counter)
     replays: int = 0
 
     def as_dict(self) -> dict[str, float]:
         """Flat ``{"recovery/recovered/sandbox_died": 3.0, ...}``, for a JSONL metrics line."""
         flat = {"recovery/replays": float(self.replays)}
-        for name in ("recovered", "masked", "agent_caused", "start_failed"):
+        for name in ("recovered", "masked", "agent_caused", "start_failed", "stalled_s"):
             counts: Counter[str] = getattr(self, name)
             flat[f"recovery/{name}"] = float(sum(counts.values()))
             for kind, n in counts.items():
@@ -325,10 +333,14 @@ class RecoveringSandbox:
             if self._lease is None:
                 await self._rebuild()
             assert self._lease is not None
+            started = time.monotonic()
             try:
                 done = await call.run(self._lease.sandbox)
             except InfraError as failure:
-                outcome = await self._recover_from(call, failure)
+                try:
+                    outcome = await self._recover_from(call, failure)
+                finally:
+                    self._source.metrics.stalled_s[failure.kind] += time.monotonic() - started
                 if isinstance(outcome, Blame):
                     # Not journalled: replaying it would destroy the rebuild too.
                     return destroyed_sandbox(call, outcome).result()
@@ -418,17 +430,15 @@ class RecoveringSandbox:
 
     async def _fresh(self) -> _Lease:
         """A sandbox from the source. Failures to start one are retry-safe (nothing ran), so
-        they are waited out with backoff, under the caller's deadline, using no attempt."""
-        backoff = self._source.policy.backoff
-        for wait in itertools.count():
+        they are waited out, under the caller's deadline, using no attempt."""
+        while True:
             try:
                 return await take(self._source.source)
             except InfraError as exc:
                 if not exc.retry_safe:
                     raise
                 self._start_failure = exc
-                await asyncio.sleep(backoff.delay(wait))
-        raise AssertionError("unreachable: the loop returns or raises")
+                await asyncio.sleep(START_RETRY_S)
 
     async def _replay(self, sandbox: Sandbox) -> ReplayDiverged | None:
         """Replay the journal into ``sandbox``; the first divergence found, if any."""

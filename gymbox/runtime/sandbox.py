@@ -4,7 +4,10 @@ Async first. Every call validates its arguments before anything runs (:class:`In
 returns the agent's outcome as an :class:`ExecResult`, and raises an :class:`InfraError` only
 when the platform failed:
 
-* no answer within the call's backstop (``timeout + grace_s + backstop_margin_s`` of the spec):
+* the engine reports the sandbox paused while a call waits (a supervisor silent for half of
+  ``spec.liveness_probe_s`` is pinged, and a ping unanswered for the other half makes the host
+  ask the engine), or no answer comes within the call's backstop (``timeout + grace_s +
+  backstop_margin_s``):
   :class:`SandboxUnresponsive`;
 * the supervisor's stream ended and the instance is gone or stopped: :class:`SandboxDied`;
 * the stream ended but the instance still runs, after the request had been sent: the command may
@@ -37,6 +40,7 @@ import base64
 import contextlib
 import math
 import threading
+import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
@@ -88,6 +92,9 @@ class Sandbox:
         self._broken: InfraError | None = None
         self._closed = False
         self._lease_task = asyncio.create_task(self._renew_lease())
+        self._watched = 0  # calls waiting that the liveness watch covers
+        self._last_call = 0.0
+        self._watch_task: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, spec: SandboxSpec | None = None, *,
@@ -235,12 +242,24 @@ class Sandbox:
 
     async def close(self) -> None:
         """Destroy the sandbox and everything in it. Idempotent."""
+        if self.shut():
+            await self._instance.destroy()
+
+    def shut(self) -> bool:
+        """Refuse every later call at once and end the supervisor (its stdin closes: it kills
+        every command and exits); only :meth:`close`'s removal of the instance is left to do.
+
+        Returns:
+            True the first time, when the caller is the one to remove the instance.
+        """
         if self._closed:
-            return
+            return False
         self._closed = True
         self._lease_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
         self._channel.close()
-        await self._instance.destroy()
+        return True
 
     async def __aenter__(self) -> Sandbox:
         return self
@@ -272,10 +291,18 @@ class Sandbox:
                                 cause=self._broken)
             error.retry_safe = True
             raise error
+        watched = backstop_s > self.spec.liveness_probe_s
+        if watched:
+            self._watched += 1
+            self._last_call = time.monotonic()
+            if self._watch_task is None or self._watch_task.done():
+                self._watch_task = asyncio.create_task(self._watch())
         try:
             return await self._channel.call(op, backstop_s, **fields)
         except RemoteError as exc:
             raise _remote(exc) from None
+        except InfraError as exc:  # the liveness watch's finding
+            self._broken = exc
         except TimeoutError as exc:
             self._broken = SandboxUnresponsive(
                 f"the supervisor did not answer {op!r} within the {backstop_s:.1f} s backstop",
@@ -284,7 +311,43 @@ class Sandbox:
             self._broken = SupervisorFault(str(exc), cause=exc)
         except LinkLost as exc:
             self._broken = await self._diagnose(exc)
+        finally:
+            self._watched -= watched
         raise self._broken
+
+    async def _watch(self) -> None:
+        """The liveness watch: runs while watched calls wait, and fails them all with
+        :class:`SandboxUnresponsive` as soon as the engine says that the sandbox is paused.
+
+        Silence alone proves nothing (a command may print nothing for minutes, and the host's
+        event loop may be late), so a supervisor silent for half of ``liveness_probe_s`` is
+        pinged (it answers pings while commands run), and only a ping unanswered for the other
+        half makes the host ask the engine. A stopped sandbox needs no watch: its stream ends,
+        and :meth:`_diagnose` says why. One watch serves every call in flight, and costs a call
+        nothing unless it waits longer than half a probe.
+        """
+        probe = self.spec.liveness_probe_s / 2
+        while self._watched:
+            quiet = time.monotonic() - max(self._channel.last_heard, self._last_call)
+            if quiet < probe:
+                await asyncio.sleep(probe - quiet)
+                continue
+            try:
+                await self._channel.call("ping", probe)
+                continue
+            except TimeoutError:
+                pass
+            except (LinkLost, Garbled):
+                return  # the waiting calls fail the same way
+            try:
+                state = await self._instance.state()
+            except InfraError:
+                continue  # the engine cannot tell now; each call's backstop still bounds it
+            if state is InstanceState.PAUSED:
+                self._channel.abort(SandboxUnresponsive(
+                    f"the sandbox is paused: its supervisor did not answer a ping within "
+                    f"{probe:g} s, and the engine reports it paused"))
+                return
 
     async def _diagnose(self, lost: LinkLost) -> InfraError:
         """Why did the stream end? The instance's state decides (may raise EngineUnavailable)."""
@@ -295,7 +358,7 @@ class Sandbox:
                 state = await self._instance.state()
             except InfraError as exc:
                 return exc
-            if state is not InstanceState.RUNNING:
+            if state in (InstanceState.EXITED, InstanceState.GONE):
                 return SandboxDied(f"the sandbox {state.value} ({lost})", cause=lost)
             if attempt < DIAGNOSE_LOOKS - 1:
                 await asyncio.sleep(0.1)

@@ -51,6 +51,11 @@ class SandboxSpec:
         lease_s: the container exits this long after the host last renewed its lease.
         backstop_margin_s: how long past ``timeout + grace_s`` the host waits for an answer
             before declaring the supervisor unresponsive.
+        liveness_probe_s: about how long a call waits on a paused sandbox before it fails with
+            ``SandboxUnresponsive`` (instead of waiting for its backstop): a supervisor silent
+            for half of it is pinged, and a ping unanswered for the other half makes the host
+            ask the engine, whose word alone ends the call early. The supervisor answers pings
+            while commands run, so a slow command is never taken for a hang.
         env: environment variables every command starts with.
         labels: extra container labels (gymbox adds its own).
 
@@ -80,6 +85,7 @@ class SandboxSpec:
     grace_s: float = 2.0
     lease_s: float = 60.0
     backstop_margin_s: float = 5.0
+    liveness_probe_s: float = 0.5
     env: Mapping[str, str] = field(
         default_factory=lambda: MappingProxyType({
             "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -99,6 +105,7 @@ class SandboxSpec:
             "output_cap_bytes": self.output_cap_bytes, "read_limit_bytes": self.read_limit_bytes,
             "default_timeout_s": self.default_timeout_s, "lease_s": self.lease_s,
             "backstop_margin_s": self.backstop_margin_s,
+            "liveness_probe_s": self.liveness_probe_s,
         }
         for name, value in positive.items():
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):

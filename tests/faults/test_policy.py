@@ -30,6 +30,7 @@ def test_metrics_flatten_for_a_jsonl_line_with_totals_and_kinds():
     metrics.recovered["supervisor_fault"] += 1
     metrics.agent_caused["ambiguous_execution"] += 1
     metrics.replays = 7
+    metrics.stalled_s["sandbox_died"] += 0.25
     assert metrics.as_dict() == {
         "recovery/replays": 7.0,
         "recovery/recovered": 3.0,
@@ -39,6 +40,8 @@ def test_metrics_flatten_for_a_jsonl_line_with_totals_and_kinds():
         "recovery/agent_caused": 1.0,
         "recovery/agent_caused/ambiguous_execution": 1.0,
         "recovery/start_failed": 0.0,
+        "recovery/stalled_s": 0.25,
+        "recovery/stalled_s/sandbox_died": 0.25,
     }
 
 

@@ -48,6 +48,9 @@ async def test_a_recovered_episode_sees_exactly_what_it_would_have_seen():
     assert sandboxes.metrics.recovered == {"sandbox_died": 1}
     assert sandboxes.metrics.replays == 2
     assert not sandboxes.metrics.masked and not sandboxes.metrics.agent_caused
+    # What the fault cost the episode: no more than the episode took, and not nothing.
+    assert list(sandboxes.metrics.stalled_s) == ["sandbox_died"]
+    assert 0 < sandboxes.metrics.stalled_s["sandbox_died"] < episode.seconds
 
 
 async def test_a_replay_that_diverges_masks_the_episode():
@@ -75,8 +78,9 @@ async def test_recovery_gives_up_after_its_attempts_and_the_episode_is_masked():
 
 
 async def test_a_hung_sandbox_cannot_hold_an_episode_past_the_recovery_deadline():
-    # Request 2 (the second call) hangs; so does request 3, its recovery's replay of call 1.
-    plan = FaultPlan(scripted={2: FaultKind.PAUSE_CONTAINER, 3: FaultKind.PAUSE_CONTAINER})
+    # Request 2 (the second call) hangs, and so does every replay of call 1 into a fresh
+    # sandbox after it (faults that are not transient: nothing is spared).
+    plan = FaultPlan(scripted=dict.fromkeys(range(2, 40), FaultKind.PAUSE_CONTAINER), spare_s=0)
     policy = RecoveryPolicy(max_attempts=10, deadline_s=2.0)
     async with recovering(plan, policy=policy) as (sandboxes, _):
         episode = await play(ProductEnv(sandboxes=sandboxes), 2)

@@ -59,6 +59,30 @@ async def test_paused_container_is_unresponsive_not_a_hang(sandbox, engine_clien
     assert time.monotonic() - start < backstop + 1.5
 
 
+async def test_container_paused_mid_call_is_found_long_before_the_backstop(sandbox,
+                                                                           engine_client):
+    running = asyncio.create_task(sandbox.exec("sleep 60", timeout=30))  # backstop: 32.5 s
+    await asyncio.sleep(0.3)
+    engine_client.api.pause(sandbox.id)
+    paused = time.monotonic()
+    with pytest.raises(SandboxUnresponsive, match="paused"):
+        await running
+    assert time.monotonic() - paused < FAST.liveness_probe_s + 1.5
+    with pytest.raises(SandboxDied) as later:
+        await sandbox.exec("true", timeout=5)
+    assert later.value.retry_safe
+    engine_client.api.unpause(sandbox.id)  # so that the fixture can remove it
+
+
+async def test_slow_silent_commands_are_not_taken_for_hangs(sandbox):
+    started = time.monotonic()
+    slept = await sandbox.exec("sleep 3", timeout=30)  # silent for six liveness probes
+    assert slept.ok and time.monotonic() - started >= 3
+    spun = await sandbox.run_python("while True: pass", timeout=2)  # a CPU hog, also silent
+    assert spun.timed_out and spun.interpreter_reset
+    assert (await sandbox.exec("echo alive", timeout=5)).stdout == "alive\n"
+
+
 async def test_killed_supervisor_with_live_container_is_ambiguous(sandbox, engine_client):
     running = asyncio.create_task(sandbox.exec("sleep 30", timeout=60))
     await asyncio.sleep(0.3)

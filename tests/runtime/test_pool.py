@@ -8,12 +8,15 @@ import pytest
 
 from gymbox.runtime import (
     DockerBackend,
+    EngineUnavailable,
     ImageMissing,
     InstanceState,
     InvalidRequest,
     SandboxPool,
     SandboxSpec,
 )
+from gymbox.runtime.breaker import Backoff
+from gymbox.runtime.faults import FaultKind, FaultPlan, inject_faults
 from tests.runtime.conftest import FAST, own_containers
 
 
@@ -25,13 +28,25 @@ async def wait_ready(pool: SandboxPool, count: int) -> None:
     raise AssertionError(f"the pool did not refill to {count}")
 
 
+async def gone(instance, *, within_s: float = 10.0) -> bool:
+    """Whether the instance stops running within ``within_s`` (removal is in the background)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while await instance.state() is InstanceState.RUNNING:
+        if asyncio.get_running_loop().time() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
+
+
 async def test_each_episode_gets_a_fresh_sandbox_that_is_destroyed_after(backend):
     async with SandboxPool(FAST, size=2, backend=backend) as pool:
         assert pool.ready == 2
         async with pool.acquire() as first:
             await first.write_file("secret.txt", "episode 1")
             first_instance = first.instance
-        assert await first_instance.state() is not InstanceState.RUNNING
+        with pytest.raises(InvalidRequest, match="closed"):
+            await first.exec("true", timeout=5)
+        assert await gone(first_instance)
         async with pool.acquire() as second:
             assert second.id != first.id
             with pytest.raises(FileNotFoundError):
@@ -40,12 +55,12 @@ async def test_each_episode_gets_a_fresh_sandbox_that_is_destroyed_after(backend
 
 
 @pytest.mark.docker
-async def test_released_container_is_removed(engine_client):
-    async with SandboxPool(FAST, size=1, backend=DockerBackend()) as pool:
-        async with pool.acquire() as sandbox:
-            container_id = sandbox.id
-            assert (await sandbox.exec("echo hi", timeout=5)).ok
-        assert not engine_client.api.containers(all=True, filters={"id": container_id})
+async def test_released_container_is_removed_before_the_pool_closes(engine_client):
+    pool = SandboxPool(FAST, size=1, backend=DockerBackend())
+    async with pool, pool.acquire() as sandbox:
+        container_id = sandbox.id
+        assert (await sandbox.exec("echo hi", timeout=5)).ok
+    assert not engine_client.api.containers(all=True, filters={"id": container_id})
 
 
 @pytest.mark.docker
@@ -82,3 +97,32 @@ async def test_concurrent_episodes(backend):
 def test_bad_pool_arguments():
     with pytest.raises(InvalidRequest):
         SandboxPool(FAST, size=0, backend=DockerBackend())
+
+
+@pytest.mark.docker
+async def test_failed_starts_are_told_to_waiters_then_forgotten(caplog):
+    """While the engine is down, an acquirer with nothing ready gets the failure; once it is
+    back, the next acquirer gets a sandbox, not an old error; the log has two lines, not one
+    per failed start."""
+    plan = FaultPlan(scripted={1: FaultKind.ENGINE_OUTAGE}, outage_s=1.5)
+    async with (inject_faults(plan) as faults,
+                SandboxPool(FAST, size=1, backend=faults,
+                            start_backoff=Backoff(initial_s=0.05, max_s=0.1)) as pool):
+        async with pool.acquire() as struck:
+            with pytest.raises(EngineUnavailable):
+                await struck.exec("echo hi", timeout=5)  # the engine goes away for 1.5 s
+        await wait_ready(pool, 1)  # the replacement started before the outage
+        async with pool.acquire():
+            pass  # its own replacement cannot start now
+        with pytest.raises(EngineUnavailable, match="injected engine_outage"):
+            async with pool.acquire():
+                pass
+        assert faults.engine_down
+        await faults.wait_for_engine()
+        async with pool.acquire() as after:
+            assert (await after.exec("echo back", timeout=5)).stdout == "back\n"
+    assert pool.start_failures.count == 0
+    streak = [r.getMessage() for r in caplog.records if "pooled sandboxes" in r.getMessage()]
+    assert len(streak) == 2 and "fail to start" in streak[0] and "start again" in streak[1]
+    failed_starts = int(streak[1].split("after ")[1].split()[0])
+    assert failed_starts >= 3  # several failed starts, one line each way
