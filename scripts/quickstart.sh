@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's first command: set everything up, then run the main job on the embedded defaults:
-# GRPO on SmolLM2-135M-Instruct in sandboxed PythonMath-v0, held-out accuracy before and after,
-# and the plot in runs/quickstart/metrics.png.
+# SmolLM2-135M-Instruct in sandboxed PythonCalc-v0, a short warm-up on the scripted expert's
+# demonstrations, then GRPO; held-out accuracy before, after the warm-up and after RL, and the
+# plot in runs/quickstart/metrics.png.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh

@@ -8,8 +8,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
+
+from gymbox.agents.config import load_config
+from gymbox.agents.train import TrainConfig, make_env_factory
 
 
 def gymbox(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -116,3 +120,10 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
     assert 1 <= steps < 50
     assert (run / "checkpoints" / f"step-{steps}" / "trainer.pt").is_file()
     assert "Traceback" not in err
+
+
+def test_the_quickstart_config_warms_up_on_an_env_with_a_scripted_expert():
+    config = load_config(TrainConfig, Path(__file__).parent.parent / "configs/quickstart.toml")
+    env = make_env_factory(config)()
+    assert config.warmup.sft_steps > 0 and env.can_demonstrate
+    env.close()

@@ -8,13 +8,15 @@
   mask on the model's tokens: :func:`rollout` → one :class:`Trajectory` per episode.
 * :mod:`gymbox.agents.loss` and :mod:`gymbox.agents.trainer` — the clipped policy-gradient loss
   and :class:`PolicyTrainer`, one optimiser step per batch of :class:`TrainingSample`.
+* :mod:`gymbox.agents.warmup` — the cold start before RL: :func:`imitate_expert` on an env's
+  scripted demonstrations (:func:`demonstrate`).
 * :mod:`gymbox.agents.loop` — the actor-learner loop with bounded staleness: :func:`run_loop`.
 * :mod:`gymbox.agents.train` — ``gymbox train`` / ``gymbox eval``: :class:`TrainConfig`,
   :func:`train`, :func:`evaluate_config`.
 """
 
 from gymbox.agents.loop import LoopConfig, SyncedPolicy, run_loop
-from gymbox.agents.loss import ClipRange, policy_loss, token_logprobs
+from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs
 from gymbox.agents.models import (
     DEFAULT_MODEL,
     InvalidModel,
@@ -30,10 +32,12 @@ from gymbox.agents.rollout import (
     ChatFormat,
     ChatTemplateMismatch,
     Trajectory,
+    demonstrate,
     rollout,
 )
-from gymbox.agents.train import TrainConfig, evaluate_config, train
+from gymbox.agents.train import TrainConfig, WarmupConfig, evaluate_config, train
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
+from gymbox.agents.warmup import NoDemonstrations, imitate_expert
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -46,6 +50,7 @@ __all__ = [
     "InvalidModel",
     "LoopConfig",
     "ModelNotFound",
+    "NoDemonstrations",
     "Policy",
     "PolicyTrainer",
     "SamplingParams",
@@ -55,8 +60,12 @@ __all__ = [
     "TrainingSample",
     "Trajectory",
     "TransformersPolicy",
+    "WarmupConfig",
     "default_cache_dir",
+    "demonstrate",
     "evaluate_config",
+    "imitate_expert",
+    "imitation_loss",
     "load_model",
     "policy_loss",
     "resolve_model_dir",

@@ -14,6 +14,11 @@ observations, on padding, and on every token of an invalid (infra-failed) trajec
 separate ``ε_low`` / ``ε_high`` are DAPO's asymmetric clip ("clip-higher"). ``N_tokens`` is the
 number of mask-1 tokens in the whole optimiser step, not in one micro-batch, so gradient
 accumulation gives the same update as one big batch.
+
+The warm-up before RL (cold start, as in DeepSeek-R1, 2501.12948) imitates demonstrations with
+the negative log-likelihood of the same masked tokens:
+
+    nll      = -Σ_{i,t} m_it · l_t / N_tokens
 """
 
 from __future__ import annotations
@@ -114,3 +119,18 @@ def policy_loss(
         clipped_tokens=clipped_tokens,
         ratio_sum=ratio_sum,
     )
+
+
+def imitation_loss(
+    logprobs: torch.Tensor, loss_mask: torch.Tensor, *, step_tokens: int
+) -> torch.Tensor:
+    """The token-mean negative log-likelihood of the mask-1 tokens of one micro-batch, divided
+    by the whole step's mask-1 token count (see the module docstring).
+
+    Example:
+        >>> logprobs = torch.log(torch.tensor([[1.0, 0.5, 0.25]]))
+        >>> float(imitation_loss(logprobs, torch.tensor([[0, 1, 1]]), step_tokens=2))
+        1.0397207736968994
+    """
+    mask = loss_mask.to(logprobs.dtype)
+    return -(logprobs * mask).sum() / max(step_tokens, 1)

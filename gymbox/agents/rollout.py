@@ -40,7 +40,7 @@ import asyncio
 import dataclasses
 import itertools
 import json
-from collections.abc import Awaitable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -209,9 +209,59 @@ async def rollout(
         Exception: an error of an env's own code (a bug, neither the agent's nor the
             infrastructure's) propagates once every episode of the turn has stepped.
     """
+    async def sample(running: list[_Episode], turn: int) -> list[Completion]:
+        turn_sampling = sampling
+        if sampling.seed is not None:
+            turn_sampling = dataclasses.replace(sampling, seed=sampling.seed + turn)
+        return await asyncio.to_thread(_generate, policy, running, turn_sampling, budget)
+
+    episodes = await _play(policy.tokenizer, envs, seeds, sample, budget, options)
+    return [e.trajectory(sampling.stats_temperature) for e in episodes]
+
+
+async def demonstrate(
+    tokenizer: PreTrainedTokenizerBase,
+    envs: Sequence[ToolEnv],
+    *,
+    seeds: Sequence[int | None],
+    budget: Budget = Budget(),
+    options: Mapping[str, Any] | None = None,
+) -> list[Trajectory]:
+    """Play one episode on each env with the env's scripted expert (:meth:`ToolEnv.demonstrate`)
+    and return the trajectories, built exactly as :func:`rollout` builds the model's.
+
+    Each expert turn is tokenised and ends where a sampled turn would (on its stop string), so
+    its tokens carry loss mask 1 and the rest of the sequence is what a policy would have seen:
+    the imitation loss on these trajectories teaches the model the turns it will later sample
+    in the same positions. Log-probs and token statistics are 0 (nothing was sampled).
+
+    Raises:
+        InvalidRequest: ``envs`` and ``seeds`` differ in length.
+        NotImplementedError: an env has no scripted expert.
+    """
+    async def script(running: list[_Episode], turn: int) -> list[Completion]:
+        del turn
+        return [_scripted_turn(tokenizer, e.env.demonstrate()) for e in running]
+
+    episodes = await _play(tokenizer, envs, seeds, script, budget, options)
+    return [e.trajectory(1.0) for e in episodes]
+
+
+TurnSource = Callable[[list["_Episode"], int], Awaitable[list[Completion]]]
+"""Writes turn ``k`` of every running episode: the policy's samples, or the expert's text."""
+
+
+async def _play(
+    tokenizer: PreTrainedTokenizerBase,
+    envs: Sequence[ToolEnv],
+    seeds: Sequence[int | None],
+    next_turns: TurnSource,
+    budget: Budget,
+    options: Mapping[str, Any] | None,
+) -> list[_Episode]:
     if len(envs) != len(seeds):
         raise InvalidRequest(f"got {len(envs)} envs but {len(seeds)} seeds; give one seed per env")
-    chat = ChatFormat(policy.tokenizer)
+    chat = ChatFormat(tokenizer)
     episodes = [_Episode(env, seed, chat) for env, seed in zip(envs, seeds, strict=True)]
     await _gather_all(e.start(options) for e in episodes)
     for turn in itertools.count():
@@ -220,13 +270,20 @@ async def rollout(
         running = [e for e in episodes if e.status == "running"]
         if not running:
             break
-        turn_sampling = sampling
-        if sampling.seed is not None:
-            turn_sampling = dataclasses.replace(sampling, seed=sampling.seed + turn)
-        completions = await asyncio.to_thread(_generate, policy, running, turn_sampling, budget)
+        completions = await next_turns(running, turn)
         await _gather_all(e.act(c) for e, c in zip(running, completions, strict=True))
-    tau = sampling.stats_temperature
-    return [e.trajectory(tau) for e in episodes]
+    return episodes
+
+
+def _scripted_turn(tokenizer: PreTrainedTokenizerBase, text: str) -> Completion:
+    """A turn the policy did not sample, as the policy's output would hold it."""
+    ids = tuple(tokenizer.encode(text, add_special_tokens=False))
+    stopped = any(text.endswith(stop) for stop in TURN_STOPS)
+    if not stopped:  # a turn with no stop string ends the way the model ends one: with EOS
+        ids += (tokenizer.eos_token_id,)
+    zeros = torch.zeros(len(ids), dtype=torch.float32)
+    return Completion(ids, text, zeros, zeros.clone(), zeros.clone(),
+                      finish_reason="stop" if stopped else "eos")
 
 
 def _generate(policy: Policy, episodes: list[_Episode], sampling: SamplingParams,

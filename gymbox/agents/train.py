@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 import signal
@@ -33,6 +34,7 @@ from gymbox.agents.metrics import MetricsWriter, plot_metrics
 from gymbox.agents.policy import SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
+from gymbox.agents.warmup import imitate_expert
 from gymbox.envs.core import ToolEnv
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
 from gymbox.rewards.extract import boxed
@@ -82,6 +84,31 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class WarmupConfig:
+    """A cold start before RL (as in DeepSeek-R1): supervised steps on demonstrations by the
+    env's scripted expert (:meth:`ToolEnv.demonstrate`), played through the same rollout path.
+
+    A small model that never writes a tool call or a final answer gets reward 0 on every
+    episode, so every GRPO advantage is 0 and RL learns nothing; a few imitation steps teach it
+    the format, and RL takes it from there. Only demonstrations that the env scored 1.0 are
+    imitated. Held-out accuracy is measured after the warm-up too, so the gain of RL alone shows.
+
+    Attributes:
+        sft_steps: imitation steps; 0 skips the warm-up.
+        episodes_per_step: demonstrations per step (fresh tasks each step).
+        learning_rate: AdamW learning rate of the warm-up (its own optimiser).
+    """
+
+    sft_steps: int = 0
+    episodes_per_step: int = 8
+    learning_rate: float = 1e-4
+
+
+WARMUP_FIRST_SEED = 500_000_000
+"""Demonstrations draw task seeds from here on: apart from training's and evaluation's."""
+
+
+@dataclass(frozen=True)
 class EvalConfig:
     episodes: int = 32
     first_seed: int = 1_000_000_000
@@ -108,6 +135,7 @@ class TrainConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
@@ -128,6 +156,8 @@ class RunSummary:
     after: EvalResult | None
     plot: Path | None
     interrupted: bool
+    after_warmup: EvalResult | None = None
+    warmup_nll: tuple[float, ...] = ()
 
 
 def load_policy(model: str | None, *, checkpoint: str | Path | None = None) -> TransformersPolicy:
@@ -355,7 +385,8 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
                         TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
     task = progress.add_task("train", total=config.steps, completed=first_step, status="")
 
-    async def session() -> tuple[EvalResult | None, int, EvalResult | None]:
+    async def session() -> tuple[EvalResult | None, tuple[list[float], EvalResult] | None,
+                                 int, EvalResult | None]:
         at_once = max(config.group_size * config.rollout_workers, config.eval.episodes)
         async with env_supply(config, episodes_at_once=at_once) as supply:
             before = None
@@ -364,6 +395,9 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
                     before = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
                 console.print(f"before: accuracy {before.accuracy:.3f} "
                               f"on {before.episodes} held-out tasks")
+            warm = None
+            if config.warmup.sft_steps > 0 and not resume:
+                warm = await warm_up(supply.make)
 
             def on_step(report: StepReport) -> None:
                 row = {**_step_metrics(report), **supply.metrics()}
@@ -392,27 +426,51 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
             if not stop["requested"]:
                 with console.status("held-out evaluation"):
                     after = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
-            return before, steps_done, after
+            return before, warm, steps_done, after
+
+    async def warm_up(make_env: Callable[[], ToolEnv]) -> tuple[list[float], EvalResult]:
+        imitator = PolicyTrainer(learner.model, dataclasses.replace(
+            trainer_config, learning_rate=config.warmup.learning_rate))
+        with console.status(f"warm-up: imitating {config.env}'s scripted expert") as status:
+            nll = await imitate_expert(
+                imitator, learner.tokenizer, make_env, steps=config.warmup.sft_steps,
+                episodes_per_step=config.warmup.episodes_per_step,
+                first_seed=WARMUP_FIRST_SEED + config.seed * 1_000_003, budget=budget,
+                on_step=lambda step, loss: status.update(
+                    f"warm-up step {step + 1}/{config.warmup.sft_steps}: nll {loss:.3f}"),
+            )
+            await asyncio.to_thread(generator.load_weights, learner.model)
+            status.update("held-out evaluation")
+            accuracy = await evaluate(learner, make_env, config.eval, **eval_kwargs)
+        console.print(f"warm-up: {len(nll)} imitation steps, nll {nll[0]:.3f} → {nll[-1]:.3f}; "
+                      f"accuracy {accuracy.accuracy:.3f}")
+        return nll, accuracy
 
     # Ctrl-C ends the run after the step in flight, with a checkpoint, instead of mid-update.
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
     try:
-        before, steps_done, after = asyncio.run(session())
+        before, warm, steps_done, after = asyncio.run(session())
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         metrics.close()
         samples_file.close()
     total_steps = first_step + steps_done
     trainer.save_checkpoint(checkpoints / f"step-{total_steps}")
+    warmup_nll, after_warmup = warm if warm is not None else ((), None)
     if after is None:
         console.print(f"interrupted: checkpoint saved at step {total_steps}")
-        return RunSummary(run_dir, total_steps, before, None, None, interrupted=True)
-    if before is not None:
-        console.print(f"after:  accuracy {after.accuracy:.3f} (before {before.accuracy:.3f})")
+        return RunSummary(run_dir, total_steps, before, None, None, interrupted=True,
+                          after_warmup=after_warmup, warmup_nll=tuple(warmup_nll))
+    baselines = [f"{name} {result.accuracy:.3f}" for name, result in
+                 (("before", before), ("after warm-up", after_warmup)) if result is not None]
+    console.print(f"after:  accuracy {after.accuracy:.3f}"
+                  + (f" ({', '.join(baselines)})" if baselines else ""))
     plot = plot_metrics(run_dir)
-    _write_summary(run_dir, before, after)
+    summary = RunSummary(run_dir, total_steps, before, after, plot, interrupted=False,
+                         after_warmup=after_warmup, warmup_nll=tuple(warmup_nll))
+    _write_summary(summary)
     console.print(f"plot: {plot}")
-    return RunSummary(run_dir, total_steps, before, after, plot, interrupted=False)
+    return summary
 
 
 def _step_metrics(report: StepReport) -> dict[str, float]:
@@ -454,7 +512,11 @@ def _latest_checkpoint(directory: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
-def _write_summary(run_dir: Path, before: EvalResult | None, after: EvalResult) -> None:
-    summary = {"after": asdict(after), "before": asdict(before) if before else None,
-               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+def _write_summary(summary: RunSummary) -> None:
+    def result(value: EvalResult | None) -> dict[str, Any] | None:
+        return asdict(value) if value is not None else None
+
+    data = {"before": result(summary.before), "after_warmup": result(summary.after_warmup),
+            "after": result(summary.after), "warmup_nll": list(summary.warmup_nll),
+            "steps": summary.steps, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    (summary.run_dir / "summary.json").write_text(json.dumps(data, indent=2))

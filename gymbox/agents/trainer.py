@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from gymbox.agents.loss import ClipRange, policy_loss, token_logprobs
+from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +166,31 @@ class PolicyTrainer:
             tokens=step_tokens,
             trajectories=len(samples),
         )
+
+    def imitation_step(self, samples: Sequence[TrainingSample]) -> float:
+        """One supervised step on demonstrations: minimise the negative log-likelihood of
+        their mask-1 tokens (:func:`~gymbox.agents.loss.imitation_loss`); advantages and
+        behaviour log-probs are not used. Returns the loss before the step."""
+        if not samples:
+            raise ValueError("an imitation step needs at least one sample")
+        cfg = self.config
+        step_tokens = sum(sum(s.loss_mask) for s in samples)
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for start in range(0, len(samples), cfg.micro_batch_size):
+            batch = _collate(samples[start : start + cfg.micro_batch_size])
+            logits = self.model(
+                input_ids=batch.token_ids, attention_mask=batch.attention_mask
+            ).logits
+            loss = imitation_loss(token_logprobs(logits, batch.token_ids), batch.loss_mask,
+                                  step_tokens=step_tokens)
+            loss.backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        if step_tokens > 0:
+            self.optimizer.step()
+        return total
 
     @torch.no_grad()
     def _ref_logprobs(self, batch: _Batch) -> torch.Tensor:

@@ -167,9 +167,10 @@ class ToolEnv(gymnasium.Env[str, str]):
     The step reward is 0.0 until the last step, which carries ``reward_record.value``.
 
     **Writing one**: set ``tools`` (from ``@tool``), implement ``draw_task`` and ``score``;
-    optionally ``setup`` (prepare the sandbox) and ``reply`` (answer a turn without a tool
-    call). Keyword-only parameters of ``draw_task`` are the env's reset options. A tool that
-    takes ``sandbox`` makes the env acquire one sandbox per episode from ``sandboxes``.
+    optionally ``setup`` (prepare the sandbox), ``reply`` (answer a turn without a tool
+    call) and ``demonstrate`` (a scripted expert's turn, for warm-up demonstrations).
+    Keyword-only parameters of ``draw_task`` are the env's reset options. A tool that takes
+    ``sandbox`` makes the env acquire one sandbox per episode from ``sandboxes``.
 
     Use the sync API or the async API for an episode, not both: the sync calls run the async
     ones on the env's own event-loop thread, where its sandboxes live.
@@ -239,6 +240,19 @@ class ToolEnv(gymnasium.Env[str, str]):
 
     async def setup(self, task: Task, sandbox: Sandbox) -> None:
         """Prepare the episode's sandbox for ``task`` (write files...). Default: nothing."""
+
+    def demonstrate(self) -> str:
+        """A scripted expert's next turn in the running episode (it may read the task and the
+        journal), for warm-up demonstrations (``[warmup]`` in ``gymbox train``). Optional."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no scripted expert; implement demonstrate() to use it "
+            "for warm-up demonstrations, or set warmup.sft_steps = 0"
+        )
+
+    @property
+    def can_demonstrate(self) -> bool:
+        """True when the env overrides :meth:`demonstrate`."""
+        return type(self).demonstrate is not ToolEnv.demonstrate
 
     def reply(self, text: str) -> Reply:
         """Answer a turn that holds no tool call and no final answer."""

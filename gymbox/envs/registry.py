@@ -17,6 +17,7 @@ import gymnasium
 BUILTIN_ENVS: dict[str, str] = {
     "gymbox/Calculator-v0": "gymbox.envs.builtin.calculator:Calculator",
     "gymbox/GuessNumber-v0": "gymbox.envs.builtin.guess_number:GuessNumber",
+    "gymbox/PythonCalc-v0": "gymbox.envs.builtin.python_calc:PythonCalc",
     "gymbox/PythonMath-v0": "gymbox.envs.builtin.python_math:PythonMath",
     "gymbox/ShellTask-v0": "gymbox.envs.builtin.shell_task:ShellTask",
 }

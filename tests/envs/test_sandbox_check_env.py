@@ -11,7 +11,9 @@ import gymbox.envs  # noqa: F401 - registers the ids
 pytestmark = pytest.mark.docker
 
 
-@pytest.mark.parametrize("env_id", ["gymbox/PythonMath-v0", "gymbox/ShellTask-v0"])
+@pytest.mark.parametrize(
+    "env_id", ["gymbox/PythonCalc-v0", "gymbox/PythonMath-v0", "gymbox/ShellTask-v0"]
+)
 def test_registered_sandbox_envs_pass_check_env(env_id, docker_client):
     env = gymnasium.make(env_id)
     check_env(env.unwrapped)
