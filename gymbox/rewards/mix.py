@@ -60,7 +60,23 @@ class Constant:
 
 
 @dataclass(frozen=True, slots=True)
-class Linear:
+class _Ramp:
+    """A weight that moves from ``start`` to ``end`` over ``steps`` steps, then stays."""
+
+    start: float
+    end: float
+    steps: int
+
+    def __post_init__(self) -> None:
+        if self.steps <= 0:
+            raise ValueError(f"steps must be > 0, got {self.steps}")
+
+    def progress(self, step: int) -> float:
+        return min(step / self.steps, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Linear(_Ramp):
     """w(step) = start + (end - start) · min(step / steps, 1).
 
     Example:
@@ -68,20 +84,12 @@ class Linear:
         0.5
     """
 
-    start: float
-    end: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
-
     def __call__(self, step: int) -> float:
-        return self.start + (self.end - self.start) * min(step / self.steps, 1.0)
+        return self.start + (self.end - self.start) * self.progress(step)
 
 
 @dataclass(frozen=True, slots=True)
-class Cosine:
+class Cosine(_Ramp):
     """w(step) = end + (start - end) · (1 + cos(π · min(step / steps, 1))) / 2.
 
     Example:
@@ -89,17 +97,9 @@ class Cosine:
         0.5
     """
 
-    start: float
-    end: float
-    steps: int
-
-    def __post_init__(self) -> None:
-        if self.steps <= 0:
-            raise ValueError(f"steps must be > 0, got {self.steps}")
-
     def __call__(self, step: int) -> float:
-        progress = min(step / self.steps, 1.0)
-        return self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * progress)) / 2.0
+        cosine = math.cos(math.pi * self.progress(step))
+        return self.end + (self.start - self.end) * (1.0 + cosine) / 2.0
 
 
 @dataclass(slots=True)
