@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import time
 
+import docker.errors
 import pytest
 
 from gymbox.runtime import (
@@ -26,8 +27,11 @@ pytestmark = pytest.mark.docker
 
 
 def container_state(docker_client, container_id: str) -> dict | None:
-    found = docker_client.api.containers(all=True, filters={"id": container_id})
-    return docker_client.api.inspect_container(container_id)["State"] if found else None
+    """The container's state, or None once it is gone (auto-removal may win any race)."""
+    try:
+        return docker_client.api.inspect_container(container_id)["State"]
+    except docker.errors.NotFound:
+        return None
 
 
 @contextlib.asynccontextmanager
