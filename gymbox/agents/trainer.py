@@ -17,7 +17,7 @@ A step:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -126,34 +126,29 @@ class PolicyTrainer:
 
     def step(self, samples: Sequence[TrainingSample]) -> StepMetrics:
         """Apply one optimiser step on ``samples``; returns what it did."""
-        if not samples:
-            raise ValueError("a training step needs at least one sample")
         cfg = self.config
-        step_tokens = sum(sum(s.loss_mask) for s in samples)
-        self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
         totals = dict(loss=0.0, pg=0.0, kl=0.0, clipped=0.0, ratio=0.0)
-        for start in range(0, len(samples), cfg.micro_batch_size):
-            batch = _collate(samples[start : start + cfg.micro_batch_size])
-            logits = self.model(
-                input_ids=batch.token_ids, attention_mask=batch.attention_mask
-            ).logits
-            logprobs = token_logprobs(logits, batch.token_ids, temperature=cfg.temperature)
-            ref_logprobs = self._ref_logprobs(batch) if cfg.kl_coef > 0 else None
+
+        def micro_loss(batch: _Batch, step_tokens: int) -> torch.Tensor:
+            logprobs = _logprobs(self.model, batch, cfg.temperature)
+            ref_logprobs = None
+            if cfg.kl_coef > 0:
+                assert self.ref_model is not None
+                with torch.no_grad():
+                    ref_logprobs = _logprobs(self.ref_model, batch, cfg.temperature)
             terms = policy_loss(
                 logprobs, batch.behaviour_logprobs, batch.advantages, batch.loss_mask,
                 clip=cfg.clip, step_tokens=step_tokens,
                 ref_logprobs=ref_logprobs, kl_coef=cfg.kl_coef,
             )
-            terms.loss.backward()
             totals["loss"] += terms.loss.item()
             totals["pg"] += terms.pg_sum.item()
             totals["kl"] += terms.kl_sum.item()
             totals["clipped"] += terms.clipped_tokens.item()
             totals["ratio"] += terms.ratio_sum.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
-        if step_tokens > 0:
-            self.optimizer.step()
+            return terms.loss
+
+        step_tokens, grad_norm = self._optimise(samples, micro_loss, "a training step")
         self.steps_done += 1
         n = max(step_tokens, 1)
         return StepMetrics(
@@ -162,7 +157,7 @@ class PolicyTrainer:
             kl=totals["kl"] / n,
             clip_fraction=totals["clipped"] / n,
             mean_ratio=totals["ratio"] / n if step_tokens else 1.0,
-            grad_norm=float(grad_norm),
+            grad_norm=grad_norm,
             tokens=step_tokens,
             trajectories=len(samples),
         )
@@ -171,34 +166,44 @@ class PolicyTrainer:
         """One supervised step on demonstrations: minimise the negative log-likelihood of
         their mask-1 tokens (:func:`~gymbox.agents.loss.imitation_loss`); advantages and
         behaviour log-probs are not used. Returns the loss before the step."""
+        total = 0.0
+
+        def micro_loss(batch: _Batch, step_tokens: int) -> torch.Tensor:
+            nonlocal total
+            loss = imitation_loss(_logprobs(self.model, batch, 1.0), batch.loss_mask,
+                                  step_tokens=step_tokens)
+            total += loss.item()
+            return loss
+
+        self._optimise(samples, micro_loss, "an imitation step")
+        return total
+
+    def _optimise(
+        self,
+        samples: Sequence[TrainingSample],
+        micro_loss: Callable[[_Batch, int], torch.Tensor],
+        what: str,
+    ) -> tuple[int, float]:
+        """Gradient accumulation over micro-batches, grad-norm clip, one AdamW step.
+
+        ``micro_loss(batch, step_tokens)`` is one micro-batch's share of the step's loss (its
+        token sums divided by ``step_tokens``, the whole step's mask-1 count). Returns
+        ``(step_tokens, grad_norm)``; a step without a mask-1 token leaves the weights alone.
+        """
         if not samples:
-            raise ValueError("an imitation step needs at least one sample")
-        cfg = self.config
+            raise ValueError(f"{what} needs at least one sample")
         step_tokens = sum(sum(s.loss_mask) for s in samples)
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        total = 0.0
-        for start in range(0, len(samples), cfg.micro_batch_size):
-            batch = _collate(samples[start : start + cfg.micro_batch_size])
-            logits = self.model(
-                input_ids=batch.token_ids, attention_mask=batch.attention_mask
-            ).logits
-            loss = imitation_loss(token_logprobs(logits, batch.token_ids), batch.loss_mask,
-                                  step_tokens=step_tokens)
-            loss.backward()
-            total += loss.item()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+        size = self.config.micro_batch_size
+        for start in range(0, len(samples), size):
+            micro_loss(_collate(samples[start : start + size]), step_tokens).backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), self.config.max_grad_norm
+        )
         if step_tokens > 0:
             self.optimizer.step()
-        return total
-
-    @torch.no_grad()
-    def _ref_logprobs(self, batch: _Batch) -> torch.Tensor:
-        assert self.ref_model is not None
-        logits = self.ref_model(
-            input_ids=batch.token_ids, attention_mask=batch.attention_mask
-        ).logits
-        return token_logprobs(logits, batch.token_ids, temperature=self.config.temperature)
+        return step_tokens, float(grad_norm)
 
     def save_checkpoint(self, directory: str | Path) -> Path:
         """Write model weights, optimiser state and step count to ``directory``."""
@@ -228,6 +233,11 @@ class PolicyTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps_done = state["steps_done"]
         torch.set_rng_state(state["torch_rng"])
+
+
+def _logprobs(model: nn.Module, batch: _Batch, temperature: float) -> torch.Tensor:
+    logits = model(input_ids=batch.token_ids, attention_mask=batch.attention_mask).logits
+    return token_logprobs(logits, batch.token_ids, temperature=temperature)
 
 
 @dataclass(frozen=True, slots=True)
