@@ -100,13 +100,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
 def cmd_play(args: argparse.Namespace) -> int:
     """Play an env by hand: you are the agent."""
-    import gymnasium
-
     from gymbox.envs import play
+    from gymbox.envs.registry import require_registered
 
-    if args.env_id not in gymnasium.registry:
-        known = ", ".join(sorted(k for k in gymnasium.registry if k.startswith("gymbox/")))
-        raise GymboxError(f"unknown env {args.env_id!r}; registered gymbox envs: {known}")
+    require_registered(args.env_id)
     info = play(args.env_id, seed=args.seed)
     return 0 if info.get("status") != "infra_failed" else 1
 

@@ -36,6 +36,7 @@ from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
 from gymbox.agents.warmup import imitate_expert
 from gymbox.envs.core import ToolEnv
+from gymbox.envs.registry import require_registered
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
 from gymbox.rewards.extract import boxed
 from gymbox.rewards.intrinsic import majority_vote
@@ -175,9 +176,7 @@ def load_policy(model: str | None, *, checkpoint: str | Path | None = None) -> T
 def make_env_factory(config: TrainConfig) -> Callable[..., ToolEnv]:
     """A factory of the configured env, unwrapped to its :class:`ToolEnv`; keyword arguments
     go to the env's constructor on top of ``config.env_kwargs``."""
-    if config.env not in gymnasium.registry:
-        known = ", ".join(sorted(k for k in gymnasium.registry if k.startswith("gymbox/")))
-        raise ConfigurationError(f"unknown env {config.env!r}; gymbox envs: {known}")
+    require_registered(config.env)
 
     def make(**extra: Any) -> ToolEnv:
         env = gymnasium.make(config.env, **{**config.env_kwargs, **extra}).unwrapped

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gymnasium
 
+from gymbox.runtime.errors import ConfigurationError
+
 BUILTIN_ENVS: dict[str, str] = {
     "gymbox/Calculator-v0": "gymbox.envs.builtin.calculator:Calculator",
     "gymbox/GuessNumber-v0": "gymbox.envs.builtin.guess_number:GuessNumber",
@@ -28,3 +30,11 @@ def register_builtin_envs() -> None:
     for env_id, entry_point in BUILTIN_ENVS.items():
         if env_id not in gymnasium.registry:
             gymnasium.register(id=env_id, entry_point=entry_point)
+
+
+def require_registered(env_id: str) -> None:
+    """Raise :class:`~gymbox.runtime.errors.ConfigurationError`, listing the gymbox ids, when
+    ``env_id`` is not registered with Gymnasium."""
+    if env_id not in gymnasium.registry:
+        known = ", ".join(sorted(k for k in gymnasium.registry if k.startswith("gymbox/")))
+        raise ConfigurationError(f"unknown env {env_id!r}; registered gymbox envs: {known}")
