@@ -43,12 +43,13 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
+from gymbox.runtime.api import SandboxAPI, SandboxSource
 from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.result import ExecResult
-from gymbox.runtime.sandbox import DirEntry, Sandbox
+from gymbox.runtime.sandbox import DirEntry
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +137,38 @@ class RecoveryMetrics:
 
 @dataclass(frozen=True, slots=True)
 class Call:
-    """One sandbox call, as the journal keeps it: the method, its arguments, its outcome."""
+    """One sandbox call, as the journal keeps it: the operation bound to its arguments, and the
+    outcome it had.
+
+    Attributes:
+        method: the :class:`~gymbox.runtime.api.SandboxAPI` method it calls (for logs).
+        invoke: the call itself, given the sandbox to run on.
+        summary: its first argument, shortened, for logs and messages.
+        outcome: what it returned (None until it ran, or when it raised the agent's error).
+        error: the agent's ``OSError`` it raised, if any.
+        duration_s: how long it took when it ran (what replaying it is expected to take).
+    """
 
     method: str
-    args: tuple[Any, ...]
-    kwargs: tuple[tuple[str, Any], ...]
+    invoke: Callable[[SandboxAPI], Awaitable[Any]]
+    summary: str = ""
     outcome: Any = None
     error: OSError | None = None
+    duration_s: float = 0.0
 
-    async def run(self, sandbox: Sandbox) -> Call:
+    async def run(self, sandbox: SandboxAPI) -> Call:
         """Run this call on ``sandbox``; the copy that comes back holds the new outcome.
 
         An ``OSError`` of a file operation is the agent's outcome (no such file...) and is kept;
         ``InfraError`` propagates.
         """
+        started = time.monotonic()
         try:
-            outcome = await getattr(sandbox, self.method)(*self.args, **dict(self.kwargs))
+            outcome = await self.invoke(sandbox)
         except OSError as exc:
-            return replace(self, outcome=None, error=exc)
-        return replace(self, outcome=outcome, error=None)
+            return replace(self, outcome=None, error=exc,
+                           duration_s=time.monotonic() - started)
+        return replace(self, outcome=outcome, error=None, duration_s=time.monotonic() - started)
 
     def same_outcome(self, other: Call) -> bool:
         """True when ``other`` is this call with an outcome the agent could not tell apart."""
@@ -171,13 +185,11 @@ class Call:
         return self.outcome
 
     def describe(self) -> str:
-        first = repr(self.args[0]) if self.args else ""
-        return f"{self.method}({first[:80]})"
+        return f"{self.method}({self.summary})"
 
 
-def _given(options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
-    """The options the caller set, so that the sandbox's own defaults apply to the rest."""
-    return tuple((name, value) for name, value in options.items() if value is not None)
+def _summary(first: object) -> str:
+    return repr(first)[:80]
 
 
 def _observable(outcome: Any) -> Any:
@@ -216,16 +228,9 @@ def destroyed_sandbox(call: Call, blame: Blame) -> Call:
     return replace(call, outcome=result, error=None)
 
 
-class SandboxSource(Protocol):
-    """Where fresh sandboxes come from: ``async with source.acquire() as sandbox``, as with a
-    :class:`~gymbox.runtime.pool.SandboxPool`."""
-
-    def acquire(self) -> contextlib.AbstractAsyncContextManager[Sandbox]: ...
-
-
 @dataclass
 class _Lease:
-    sandbox: Sandbox
+    sandbox: SandboxAPI
     release: Callable[[], Awaitable[None]]
 
 
@@ -240,7 +245,8 @@ async def take(source: SandboxSource) -> _Lease:
 class RecoveringSandbox:
     """A sandbox that survives infrastructure failures by rebuilding itself from its journal.
 
-    It has the call methods of :class:`~gymbox.runtime.Sandbox` (``exec``, ``run_python``,
+    It is a :class:`~gymbox.runtime.api.SandboxAPI`, as the sandbox it wraps: ``id``,
+    ``workdir`` and the call methods of :class:`~gymbox.runtime.Sandbox` (``exec``, ``run_python``,
     ``write_file``, ``read_file``, ``list_dir``) with the same arguments and outcomes; calls are
     serialised, so the journal's order is the order they ran in.
 
@@ -257,6 +263,8 @@ class RecoveringSandbox:
         self._closed = False
         self._start_failure: InfraError | None = None
         self._releasing: set[asyncio.Task[None]] = set()
+        self._last_id = ""
+        self._workdir = ""
         self.failure: InfraError | None = None
         """The failure recovery gave up on, once it has."""
 
@@ -266,9 +274,20 @@ class RecoveringSandbox:
         return tuple(self._journal)
 
     @property
-    def sandbox(self) -> Sandbox | None:
+    def sandbox(self) -> SandboxAPI | None:
         """The sandbox serving calls now (None between a blamed call and the next call)."""
         return self._lease.sandbox if self._lease is not None else None
+
+    @property
+    def id(self) -> str:
+        """The id of the sandbox serving calls now (the last one, between a blamed call and the
+        next call): a name for logs, which changes when recovery replaces the sandbox."""
+        return self._lease.sandbox.id if self._lease is not None else self._last_id
+
+    @property
+    def workdir(self) -> str:
+        """The agent's working directory, the same in every sandbox that replaces the first."""
+        return self._workdir
 
     async def exec(
         self,
@@ -280,25 +299,28 @@ class RecoveringSandbox:
         stdin: bytes | str | None = None,
     ) -> ExecResult:
         """:meth:`Sandbox.exec <gymbox.runtime.Sandbox.exec>`, journalled and recovered."""
-        options = {"timeout": timeout, "cwd": cwd, "env": env, "stdin": stdin}
-        return await self._call(Call("exec", (cmd,), _given(options)))
+        return await self._call(Call(
+            "exec", lambda s: s.exec(cmd, timeout=timeout, cwd=cwd, env=env, stdin=stdin),
+            _summary(cmd)))
 
     async def run_python(self, code: str, *, timeout: float | None = None) -> ExecResult:
         """:meth:`Sandbox.run_python <gymbox.runtime.Sandbox.run_python>`, journalled and
         recovered (replaying the cells rebuilds the interpreter's names)."""
-        return await self._call(Call("run_python", (code,), _given({"timeout": timeout})))
+        return await self._call(Call(
+            "run_python", lambda s: s.run_python(code, timeout=timeout), _summary(code)))
 
     async def write_file(self, path: str, data: bytes | str, *, mode: int = 0o644) -> None:
         """:meth:`Sandbox.write_file <gymbox.runtime.Sandbox.write_file>`, journalled."""
-        await self._call(Call("write_file", (path, data), (("mode", mode),)))
+        await self._call(Call(
+            "write_file", lambda s: s.write_file(path, data, mode=mode), _summary(path)))
 
     async def read_file(self, path: str) -> bytes:
         """:meth:`Sandbox.read_file <gymbox.runtime.Sandbox.read_file>`, journalled."""
-        return await self._call(Call("read_file", (path,), ()))
+        return await self._call(Call("read_file", lambda s: s.read_file(path), _summary(path)))
 
     async def list_dir(self, path: str = ".") -> list[DirEntry]:
         """:meth:`Sandbox.list_dir <gymbox.runtime.Sandbox.list_dir>`, journalled."""
-        return await self._call(Call("list_dir", (path,), ()))
+        return await self._call(Call("list_dir", lambda s: s.list_dir(path), _summary(path)))
 
     async def start(self) -> None:
         """Take the first sandbox, trying as recovery does (a failed start is retry-safe).
@@ -433,14 +455,17 @@ class RecoveringSandbox:
         they are waited out, under the caller's deadline, using no attempt."""
         while True:
             try:
-                return await take(self._source.source)
+                lease = await take(self._source.source)
             except InfraError as exc:
                 if not exc.retry_safe:
                     raise
                 self._start_failure = exc
                 await asyncio.sleep(START_RETRY_S)
+                continue
+            self._last_id, self._workdir = lease.sandbox.id, lease.sandbox.workdir
+            return lease
 
-    async def _replay(self, sandbox: Sandbox) -> ReplayDiverged | None:
+    async def _replay(self, sandbox: SandboxAPI) -> ReplayDiverged | None:
         """Replay the journal into ``sandbox``; the first divergence found, if any."""
         diverged = None
         for recorded in self._journal:

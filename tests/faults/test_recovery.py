@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from gymbox.runtime import SandboxSpec
+from gymbox.runtime import SandboxAPI, SandboxSpec
 from gymbox.runtime.breaker import InfraCircuitBreaker, InfraFailureRateExceeded
 from gymbox.runtime.faults import FaultKind, FaultPlan
 from gymbox.runtime.recovery import RecoveryPolicy
@@ -175,6 +175,8 @@ async def test_file_operations_and_their_errors_are_journalled_and_replayed():
         first = sandbox.sandbox.id
         assert (await sandbox.exec("cat notes/a.txt", timeout=2)).stdout == "alpha"
         assert sandbox.sandbox.id != first
+        assert sandbox.id == sandbox.sandbox.id and sandbox.workdir == sandbox.sandbox.workdir
+        assert isinstance(sandbox, SandboxAPI) and isinstance(sandbox.sandbox, SandboxAPI)
         assert [c.method for c in sandbox.journal] == [
             "write_file", "read_file", "list_dir", "exec"]
     assert [f.kind for f in faults.log] == [FaultKind.KILL_CONTAINER]
