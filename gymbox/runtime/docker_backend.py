@@ -353,7 +353,8 @@ class DockerBackend:
         config = {
             "agent_uid": spec.agent_uid, "agent_gid": spec.agent_uid,
             "workdir": WORKSPACE, "env": dict(spec.env), "lease_path": LEASE_PATH,
-            "sweep_uid": True, "oom_events": True, "tmpfs": list(spec.tmpfs),
+            "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True,
+            "tmpfs": list(spec.tmpfs),
         }
         source = SUPERVISOR_SOURCE.encode()
         exec_id = client.api.exec_create(

@@ -113,8 +113,8 @@ class Sandbox:
                    backend: Backend | None = None) -> Sandbox:
         """Start a sandbox and wait until its supervisor answers.
 
-        ``backend`` defaults to :func:`gymbox.runtime.select_backend` (Docker when an engine
-        answers, else the local fallback with a warning).
+        ``backend`` defaults to :func:`gymbox.runtime.select_backend` (Docker, unless
+        ``GYMBOX_BACKEND=local`` asks for the local backend; never a silent fallback).
 
         Raises:
             SandboxStartError, EngineUnavailable: no sandbox could be started; nothing is

@@ -43,6 +43,7 @@ import contextlib
 import errno
 import heapq
 import json
+import math
 import os
 import queue
 import selectors
@@ -227,6 +228,7 @@ class Supervisor:
         self.python = config.get("python") or sys.executable
         self.env = config["env"]
         self.lease_path = config.get("lease_path")
+        self.lease_s = config.get("lease_s")
         self.sweep_uid = config.get("sweep_uid", False)
         self.oom_path = find_oom_counter() if config.get("oom_events", True) else None
         self.gauges = Gauges(config.get("tmpfs") or [])
@@ -253,6 +255,10 @@ class Supervisor:
 
     def run(self):
         os.chdir(self.workdir)  # a relative cwd in a request is relative to the workspace
+        if self.lease_s:
+            # The lease counts from now, not from the container's creation: a start slowed by
+            # a loaded engine must not eat into the time before the host's first renewal.
+            self.renew(self.lease_s)
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, self.on_host)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_spawned)
@@ -371,7 +377,7 @@ class Supervisor:
 
     def renew(self, seconds):
         if self.lease_path:
-            deadline = int(time.time() + seconds)
+            deadline = math.ceil(time.time() + seconds)
             tmp = self.lease_path + ".new"
             with open(tmp, "w") as f:
                 f.write(f"{deadline}\n")
@@ -396,9 +402,8 @@ class Supervisor:
 
     def become_agent(self):
         """In a new child, before it runs agent code: make it the kernel's first choice for an
-        OOM kill, then drop to the agent's uid. The order matters: written while still root
-        (with CAP_SYS_RESOURCE) the score is also the floor the agent cannot lower it below.
-        Only ``os`` calls: this runs between fork and exec, beside the spawner threads."""
+        OOM kill, then drop to the agent's uid. Only ``os`` calls: this runs between fork and
+        exec, beside the spawner threads."""
         with contextlib.suppress(OSError):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
