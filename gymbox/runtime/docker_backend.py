@@ -7,8 +7,8 @@ the image has no python3), so an agent holding the pids limit cannot end it. The
 then started with one ``docker exec`` whose stdin/stdout stay attached for the container's life.
 
 Every sandbox of a spec looks the same from inside: the same hostname, user, paths and
-environment, and the same sequence of process ids (the python3 probe runs at every launch), so
-a replacement replays the journal as the original ran it.
+environment, and the same sequence of process ids (the supervisor starts them at a fixed
+number), so a replacement replays the journal as the original ran it.
 
 When a call fails, :meth:`DockerInstance.postmortem` asks the engine what it saw (the
 container's record and its events around the call): the evidence that
@@ -268,18 +268,16 @@ class DockerBackend:
     async def _link(self, client: docker.DockerClient, spec: SandboxSpec,
                     container_id: str, own_execs: set[str]) -> Link:
         """The supervisor's link; the ids of the execs it took go to ``own_execs``."""
-        # Every launch probes, not only the first: the probe uses a process id, and a sandbox
-        # must hand the agent the same ones as the sandbox it replaces.
-        probe = await control_call(
-            lambda: client.api.exec_create(container_id, ["python3", "-c", ""])["Id"],
-            doing="looking for python3 in the image", deadline_s=self.control_deadline_s)
-        own_execs.add(probe)
-        await control_call(lambda: client.api.exec_start(probe),
-                           doing="looking for python3 in the image", deadline_s=0)
-        code = (await control_call(lambda: client.api.exec_inspect(probe),
-                                   doing="looking for python3 in the image",
-                                   deadline_s=self.control_deadline_s))["ExitCode"]
         if spec.image not in self._has_python:
+            probe = await control_call(
+                lambda: client.api.exec_create(container_id, ["python3", "-c", ""])["Id"],
+                doing="looking for python3 in the image", deadline_s=self.control_deadline_s)
+            own_execs.add(probe)
+            await control_call(lambda: client.api.exec_start(probe),
+                               doing="looking for python3 in the image", deadline_s=0)
+            code = (await control_call(lambda: client.api.exec_inspect(probe),
+                                       doing="looking for python3 in the image",
+                                       deadline_s=self.control_deadline_s))["ExitCode"]
             self._has_python[spec.image] = code == 0
             if code != 0:
                 log.warning("%s has no python3: every call will be one `docker exec` "
@@ -353,7 +351,7 @@ class DockerBackend:
         config = {
             "agent_uid": spec.agent_uid, "agent_gid": spec.agent_uid,
             "workdir": WORKSPACE, "env": dict(spec.env), "lease_path": LEASE_PATH,
-            "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True,
+            "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True, "align_pids": True,
             "tmpfs": list(spec.tmpfs),
         }
         source = SUPERVISOR_SOURCE.encode()

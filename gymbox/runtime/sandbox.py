@@ -342,7 +342,8 @@ class Sandbox:
             self._broken = await self._diagnose(exc)
         finally:
             self._watched -= watched
-        if self._broken.evidence is None:
+        # A retry-safe failure ran nothing of the call: its cause is not in question.
+        if self._broken.evidence is None and not self._broken.retry_safe:
             self._broken.evidence = await self._observe(sent_at)
         raise self._broken
 

@@ -66,6 +66,7 @@ SPAWNER_THREADS = 4
 HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
 AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
 KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
+FIRST_PID = 100  # where the supervisor's own threads, then the agent's processes, start
 
 INTERPRETER_SOURCE = r"""
 import ast, os, sys, threading, traceback
@@ -198,6 +199,24 @@ class Gauges:
         return round(max(blocks, inodes), 3)
 
 
+def align_pids(first):
+    """Use up process ids until the next one is ``first``. How many the engine took starting
+    the container varies; from here on every sandbox hands out the same ids in the same order,
+    so a replay into a fresh sandbox sees the pids the original saw."""
+    while True:
+        try:
+            with open("/proc/sys/kernel/ns_last_pid") as f:
+                last = int(f.read())
+        except (OSError, ValueError):
+            return
+        if last >= first - 1:
+            return
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+
+
 def find_oom_counter():
     """The cgroup file whose ``oom_kill`` line counts OOM kills in this sandbox, or None."""
     for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
@@ -248,6 +267,8 @@ class Supervisor:
         self.spawn_jobs = queue.SimpleQueue()
         self.spawned = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
+        if config.get("align_pids"):
+            align_pids(FIRST_PID)
         for _ in range(SPAWNER_THREADS):
             threading.Thread(target=self.spawner, daemon=True).start()
 

@@ -71,7 +71,7 @@ async def test_the_agent_is_the_kernels_first_oom_victim(sandbox):
 
 async def test_every_sandbox_looks_the_same_from_inside(sandbox):
     # what a replacement must show the agent as the sandbox it replaces did
-    probe = "hostname; id -un; pwd; env | grep -v '^PWD=' | sort"
+    probe = "hostname; id -un; pwd; echo pid $$; env | grep -v '^PWD=' | sort"
     first = (await sandbox.exec(probe, timeout=10)).stdout
     async with await Sandbox.open(SPEC, backend=DockerBackend()) as other:
         assert (await other.exec(probe, timeout=10)).stdout == first
