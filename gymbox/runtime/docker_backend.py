@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from gymbox.runtime import cleanup, engine
+from gymbox.runtime import cleanup, engine, wire
 from gymbox.runtime.attribution import Evidence, Record
 from gymbox.runtime.backend import InstanceState, Link
 from gymbox.runtime.classify import classify, control_call, is_connection_error
@@ -73,7 +72,6 @@ LEASE_WATCH = (
 EVENT_WINDOW_S = 5.0
 """How far before a failed call's start the engine's events are read (a strike on the call
 lands after it was sent, but the clocks of host and engine may differ a little)."""
-MUX_HEADER = struct.Struct(">BxxxI")
 # Reads exactly argv[1] bytes of supervisor source from stdin (raw reads: nothing read ahead
 # of the frames that follow), then runs it with the config as its argv[1].
 BOOTSTRAP = (
@@ -103,8 +101,8 @@ class DockerLink:
     async def read(self) -> bytes:
         while True:
             try:
-                header = await self._reader.readexactly(MUX_HEADER.size)
-                stream, size = MUX_HEADER.unpack(header)
+                header = await self._reader.readexactly(wire.MUX_HEADER.size)
+                stream, size = wire.MUX_HEADER.unpack(header)
                 payload = await self._reader.readexactly(size)
             except asyncio.IncompleteReadError:
                 return b""
