@@ -13,6 +13,7 @@ Example:
     '42\\n'
 """
 
+from gymbox.runtime.api import SandboxAPI, SandboxSource
 from gymbox.runtime.backend import Backend, Instance, InstanceState, Link
 from gymbox.runtime.backends import select_backend
 from gymbox.runtime.cleanup import Reaped, reap
@@ -55,8 +56,10 @@ __all__ = [
     "LocalBackend",
     "Reaped",
     "Sandbox",
+    "SandboxAPI",
     "SandboxDied",
     "SandboxPool",
+    "SandboxSource",
     "SandboxSpec",
     "SandboxStartError",
     "SandboxUnresponsive",

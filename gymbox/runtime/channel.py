@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import struct
 import time
 from typing import Any
 
+from gymbox.runtime import wire
 from gymbox.runtime.backend import Link
-
-HEADER = struct.Struct(">I")
 
 
 class LinkLost(Exception):
@@ -54,6 +52,10 @@ class Channel:
         self._flush_scheduled = False
         self.last_heard = time.monotonic()
         """When the supervisor last sent anything (``time.monotonic()``)."""
+        self.last_pressure: tuple[float, dict[str, Any]] | None = None
+        """The supervisor's last resource-pressure report and when it came
+        (``time.monotonic()``): it comes with answers to commands, cells and pings, and as a
+        heartbeat while agent code runs."""
         self._reader = asyncio.create_task(self._read_loop())
 
     async def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -76,8 +78,7 @@ class Channel:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         body = json.dumps({"id": rid, "op": op, **fields}, separators=(",", ":")).encode()
-        self._outbox += HEADER.pack(len(body))
-        self._outbox += body
+        self._outbox += wire.frame(body)
         self._batch.append(rid)
         if not self._flush_scheduled:
             # Requests made in the same loop turn leave in one write (one proxy wake-up).
@@ -125,12 +126,7 @@ class Channel:
                     raise LinkLost("the supervisor stream ended", sent=True)
                 self.last_heard = time.monotonic()
                 buffer += chunk
-                while len(buffer) >= HEADER.size:
-                    (size,) = HEADER.unpack_from(buffer)
-                    if len(buffer) < HEADER.size + size:
-                        break
-                    body = bytes(buffer[HEADER.size : HEADER.size + size])
-                    del buffer[: HEADER.size + size]
+                for body in wire.bodies(buffer):
                     self._deliver(body)
         except asyncio.CancelledError:
             raise
@@ -147,9 +143,14 @@ class Channel:
             rid = message["id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise Garbled(f"unreadable frame from the supervisor: {body[:80]!r}") from exc
+        pressure = message.get("pressure")
+        if isinstance(pressure, dict):
+            self.last_pressure = (time.monotonic(), pressure)
         if message.get("event") == "ready":
             if not self._ready.done():
                 self._ready.set_result(message)
+            return
+        if message.get("event") == "pressure":
             return
         future = self._pending.get(rid)
         if future is not None and not future.done():

@@ -48,22 +48,21 @@ import enum
 import json
 import math
 import random
-import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 import docker.errors
 
+from gymbox.runtime import wire
+from gymbox.runtime.attribution import Evidence
 from gymbox.runtime.backend import Backend, Instance, InstanceState, Link
 from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import EngineUnavailable, InvalidRequest
 from gymbox.runtime.spec import SandboxSpec
-
-HEADER = struct.Struct(">I")
 
 
 class FaultKind(enum.StrEnum):
@@ -315,6 +314,10 @@ class FaultInjector:
     Args:
         backend: the backend that really runs the sandboxes.
         plan: what to inject.
+        testimony: offer the injector's log as evidence of who broke a sandbox (as a test
+            harness knows what it did). False leaves only what the platform itself observes:
+            faults that leave no trace at the engine (a garbled or truncated answer) are then
+            ambiguous, as a real one would be.
 
     Raises:
         InvalidRequest: the plan has container faults and ``backend`` is not Docker.
@@ -325,7 +328,7 @@ class FaultInjector:
         >>> pool = SandboxPool(backend=faults)  # doctest: +SKIP
     """
 
-    def __init__(self, backend: Backend, plan: FaultPlan) -> None:
+    def __init__(self, backend: Backend, plan: FaultPlan, *, testimony: bool = True) -> None:
         if plan.needs_container and not isinstance(backend, DockerBackend):
             raise InvalidRequest(
                 f"the plan kills or pauses containers, which the {backend.name!r} backend does "
@@ -333,6 +336,7 @@ class FaultInjector:
                 "(engine_outage, garble_response, truncate_response, slow_start)")
         self.inner = backend
         self.plan = plan
+        self.testimony = testimony
         self.name = backend.name
         self.log = FaultLog()
         self.requests = 0
@@ -430,6 +434,16 @@ class FaultyInstance:
         self._injector.check_engine("inspecting a sandbox")
         return await self.inner.state()
 
+    async def postmortem(self, since: float) -> Evidence:
+        """The inner instance's evidence, with the injector's own testimony: the faults it
+        injected into this instance (an engine that is down, by injection, does not answer)."""
+        injected = tuple(str(f.kind) for f in self._injector.log.on(self.id))
+        if self._injector.engine_down:
+            evidence = Evidence(engine_answered=False)
+        else:
+            evidence = await self.inner.postmortem(since)
+        return replace(evidence, injected=injected) if self._injector.testimony else evidence
+
     async def destroy(self) -> None:
         # A real client retries its removal until the engine is back; so does this one.
         await self._injector.wait_for_engine()
@@ -455,7 +469,7 @@ class FaultyLink:
     def write(self, data: bytes) -> None:
         self._inner.write(data)
         self._outgoing += data
-        for frame in _split_frames(self._outgoing):
+        for frame in wire.frames(self._outgoing):
             request = _frame_json(frame)
             kind = self._injector.decide(request) if request is not None else None
             if kind is None or request is None:
@@ -511,8 +525,8 @@ class FaultyLink:
     def _pass_frames(self) -> bytes:
         """Complete frames from the buffer, each as the faults on its request leave it."""
         out = bytearray()
-        for frame in _split_frames(self._buffer):
-            size = len(frame) - HEADER.size
+        for frame in wire.frames(self._buffer):
+            size = len(frame) - wire.HEADER.size
             message = _frame_json(frame)
             rid = message.get("id") if message is not None else None
             if message is not None and message.get("event") == "ready":
@@ -521,9 +535,9 @@ class FaultyLink:
             if kind is None:
                 out += frame
             elif kind is FaultKind.GARBLE_RESPONSE:
-                out += frame[: HEADER.size] + _garbage(size)
+                out += frame[: wire.HEADER.size] + _garbage(size)
             elif kind is FaultKind.TRUNCATE_RESPONSE:
-                out += frame[: HEADER.size + size // 2]
+                out += frame[: wire.HEADER.size + size // 2]
                 self._ended = True
                 self._buffer.clear()
                 break
@@ -532,20 +546,9 @@ class FaultyLink:
         return bytes(out)
 
 
-def _split_frames(buffer: bytearray) -> Iterator[bytes]:
-    """Take the complete frames off the front of ``buffer``, one by one."""
-    while len(buffer) >= HEADER.size:
-        (size,) = HEADER.unpack_from(buffer)
-        if len(buffer) < HEADER.size + size:
-            return
-        frame = bytes(buffer[: HEADER.size + size])
-        del buffer[: HEADER.size + size]
-        yield frame
-
-
 def _frame_json(frame: bytes) -> dict[str, Any] | None:
     try:
-        message = json.loads(frame[HEADER.size :])
+        message = json.loads(frame[wire.HEADER.size :])
     except ValueError:
         return None
     return message if isinstance(message, dict) else None
@@ -568,8 +571,8 @@ def _garbage(size: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def inject_faults(plan: FaultPlan, backend: Backend | None = None
-                        ) -> AsyncIterator[FaultInjector]:
+async def inject_faults(plan: FaultPlan, backend: Backend | None = None, *,
+                        testimony: bool = True) -> AsyncIterator[FaultInjector]:
     """A :class:`FaultInjector` over ``backend`` (default: Docker) for the ``async with`` block.
 
     On exit it waits for strikes in flight and unpauses what it paused, so the sandboxes can
@@ -584,7 +587,7 @@ async def inject_faults(plan: FaultPlan, backend: Backend | None = None
                 ...
             assert faults.log.by_kind()
     """
-    injector = FaultInjector(backend or DockerBackend(), plan)
+    injector = FaultInjector(backend or DockerBackend(), plan, testimony=testimony)
     try:
         yield injector
     finally:

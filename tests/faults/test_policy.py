@@ -47,11 +47,12 @@ def test_metrics_flatten_for_a_jsonl_line_with_totals_and_kinds():
 
 def test_a_blamed_call_is_the_agents_outcome_of_its_own_kind():
     blame = Blame(SandboxDied("the sandbox exited"), breaks=2)
-    command = destroyed_sandbox(Call("exec", ("fill-the-disk",), ()), blame).result()
+    command = destroyed_sandbox(Call("exec", lambda s: s.exec("fill-the-disk")), blame).result()
     assert isinstance(command, ExecResult) and not command.ok
     assert command.signal == signal.SIGKILL
     assert "this command destroyed its sandbox (sandbox_died)" in command.stderr
     assert "again on 1 fresh sandbox rebuilt" in command.stderr
     with pytest.raises(OSError, match="this file operation destroyed its sandbox") as caught:
-        destroyed_sandbox(Call("write_file", ("big.bin", b""), ()), blame).result()
+        write = Call("write_file", lambda s: s.write_file("big.bin", b""))
+        destroyed_sandbox(write, blame).result()
     assert caught.value.errno == errno.EIO
