@@ -381,7 +381,7 @@ class ToolEnv(gymnasium.Env[str, str]):
             >>> env = Calculator()
             >>> prompt, info = env.reset(seed=0, options={"difficulty": 1})
             >>> prompt
-            'What is 50 * 65? Use the calculate tool, then give the value.'
+            'What is 85 - 52? Use the calculate tool, then give the value.'
             >>> [m["role"] for m in info["messages"]], info["status"]
             (['system', 'user'], 'running')
             >>> env.close()
@@ -399,11 +399,11 @@ class ToolEnv(gymnasium.Env[str, str]):
             >>> env = Calculator()
             >>> _ = env.reset(seed=0, options={"difficulty": 1})
             >>> env.step('<tool_call>{"name": "calculate", '
-            ...          '"arguments": {"expression": "50 * 65"}}</tool_call>')[0]
-            '3250'
+            ...          '"arguments": {"expression": "85 - 52"}}</tool_call>')[0]
+            '33'
             >>> env.step('<tool_call>{"name": "calculate"}</tool_call>')[0][:48]
             "Error: tool 'calculate': missing argument 'expre"
-            >>> obs, reward, terminated, truncated, info = env.step("<answer>3250</answer>")
+            >>> obs, reward, terminated, truncated, info = env.step("<answer>33</answer>")
             >>> reward, terminated, info["status"]
             (1.0, True, 'completed')
             >>> env.close()
