@@ -223,7 +223,8 @@ class ToolEnv(gymnasium.Env[str, str]):
     max_answer_chars: int = 1000
     """A longer final answer is the agent's outcome, scored 0, and never reaches the grader."""
     score_timeout_s: float = 10.0
-    """The deadline of one :meth:`score` call; see :meth:`grade`."""
+    """The deadline of one :meth:`score` call (of an override: all of its time; of the default:
+    the verifier's run in its host worker); see :meth:`grade`."""
     answer_instruction: str = f"When you are done, write your final answer as {ANSWER_FORMAT}."
     """How the default system prompt asks for the final answer."""
 
@@ -543,9 +544,13 @@ class ToolEnv(gymnasium.Env[str, str]):
 
     async def _try_score(self, answer: str) -> RewardRecord | GraderFailed:
         assert self._task is not None
+        scoring = self.score(answer, self._task, self._sandbox)
+        if type(self).score is not ToolEnv.score:
+            # The default runs in a host worker under this deadline already; it excludes the
+            # wait for a worker to be free, which is the platform's time, not the grader's.
+            scoring = asyncio.wait_for(scoring, self.score_timeout_s)
         try:
-            record = await asyncio.wait_for(
-                self.score(answer, self._task, self._sandbox), self.score_timeout_s)
+            record = await scoring
         except InfraError:
             raise
         except NotImplementedError:
@@ -645,7 +650,7 @@ class ToolEnv(gymnasium.Env[str, str]):
             log.warning("tool %r raised", call.name, exc_info=True)
             result = ToolResult(call, f"Error: the tool failed: {_describe(exc)}", ok=False)
         else:
-            result = _result_of(call, output, chosen.max_output_chars)
+            result = _result_of(call, output)
         self._journal.append(result)
         return result
 
@@ -766,14 +771,10 @@ def _index_tools(tools: Sequence[Tool]) -> dict[str, Tool]:
     return by_name
 
 
-def _result_of(call: ToolCall, output: Any, max_chars: int) -> ToolResult:
+def _result_of(call: ToolCall, output: Any) -> ToolResult:
     if isinstance(output, ExecResult):
         return ToolResult(call, render_exec_result(output), ok=output.ok, exec_result=output)
-    text = str(output)
-    if len(text) > max_chars:
-        text = text[:max_chars] + (
-            f"\n[output truncated: {len(text)} characters, the first {max_chars} shown]")
-    return ToolResult(call, text, ok=True)
+    return ToolResult(call, str(output), ok=True)
 
 
 def _zero(reason: str) -> RewardRecord:

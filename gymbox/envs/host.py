@@ -14,11 +14,11 @@ defined in tests or ``__main__`` work; the worker sees *copies*: a host tool can
 host's state. Workers start on first use (about a second) and are reused; a killed or crashed
 worker is replaced on the next call.
 
-Every outcome is one of: the function's value, the
-:class:`~gymbox.runtime.errors.InfraError` it raised (the platform's failure, as the tool said), :class:`HostTimeout`, :class:`HostCrashed` (the
-worker died: a segfault, the memory limit hit outside Python) or :class:`HostRaised` (the
-function raised; the exception's type name and message, since arbitrary exceptions do not always
-survive pickling).
+Every outcome is one of: the function's value; the
+:class:`~gymbox.runtime.errors.InfraError` it raised (the platform's failure, as the tool says);
+:class:`HostTimeout`; :class:`HostCrashed` (the worker died: a segfault, the memory limit hit
+outside Python); or :class:`HostRaised` (the function raised: the exception's type name and
+message, since arbitrary exceptions do not always survive pickling).
 
 Example:
     >>> run_on_host(pow, 2, 10, timeout_s=10)
@@ -90,7 +90,8 @@ def run_on_host(function: Callable[..., Any], *args: Any, timeout_s: float,
     """Run ``function(*args, **kwargs)`` in a worker process and return its value.
 
     Blocking: call it from a thread (``asyncio.to_thread``) on an event loop. The deadline
-    counts from when a worker takes the call.
+    counts from when a worker takes the call: waiting for a free worker, or for one to start,
+    is not the function's time.
 
     Raises:
         HostTimeout, HostCrashed, HostRaised: see the module docstring.
@@ -175,10 +176,10 @@ class _Workers:
     def __init__(self) -> None:
         self.pid = os.getpid()
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
-        for _ in range(WORKERS):
-            self._idle.put(None)  # a slot; its worker starts on first use
         self._all: set[_Worker] = set()
         self._lock = threading.Lock()
+        for _ in range(WORKERS):
+            self._replace_soon()  # all start at once, in the background
 
     def run(self, payload: bytes, timeout_s: float) -> Any:
         worker = self._idle.get()
@@ -216,8 +217,9 @@ class _Workers:
         raise HostRaised(*value[:2], tool_error=value[2])
 
     def _replace_soon(self) -> None:
-        """Start the replacement of a killed worker in the background, so the next call finds
-        it ready; if it cannot start, the slot is left empty for the next call to try."""
+        """Start a worker (a first one, or the replacement of a killed one) in the background,
+        so that the next call finds it ready; if it cannot start, the slot is left empty for
+        the next call to try."""
 
         def start() -> None:
             try:

@@ -48,6 +48,7 @@ from typing import Any, Literal
 
 from gymbox.envs import host
 from gymbox.envs.errors import ToolDefinitionError
+from gymbox.runtime.result import ExecResult
 
 SANDBOX_PARAMETER = "sandbox"
 HOST_TIMEOUT_S = 10.0
@@ -126,8 +127,8 @@ class Tool:
         """Run the function with checked arguments (and the sandbox, for a sandbox tool).
 
         A sandbox tool runs on the event loop (or, if sync, in a thread); a sync host tool in a
-        host worker process, an async one on the event loop, both under ``timeout_s``. A host
-        tool's value comes back as its ``str``.
+        host worker process, an async one on the event loop, both under ``timeout_s``. What
+        comes back is an ``ExecResult``, or the value's ``str`` cut to ``max_output_chars``.
 
         Raises:
             gymbox.envs.host.HostTimeout: a host tool ran past ``timeout_s``.
@@ -139,11 +140,16 @@ class Tool:
         if self.in_sandbox:
             kwargs[SANDBOX_PARAMETER] = sandbox
             if inspect.iscoroutinefunction(self.function):
-                return await self.function(**kwargs)
-            return await asyncio.to_thread(self.function, **kwargs)
+                output = await self.function(**kwargs)
+            else:
+                output = await asyncio.to_thread(self.function, **kwargs)
+            # An ExecResult is capped by the sandbox; anything else is cut here.
+            return output if isinstance(output, ExecResult) else cut_text(
+                str(output), self.max_output_chars)
         if inspect.iscoroutinefunction(self.function):
             try:
-                return str(await asyncio.wait_for(self.function(**kwargs), self.timeout_s))
+                output = await asyncio.wait_for(self.function(**kwargs), self.timeout_s)
+                return cut_text(str(output), self.max_output_chars)
             except TimeoutError:
                 raise host.HostTimeout(
                     f"the tool ran past its {self.timeout_s:g} s deadline and was stopped"
@@ -156,12 +162,16 @@ class Tool:
         return self.function(*args, **kwargs)
 
 
+def cut_text(text: str, max_chars: int) -> str:
+    """``text`` if it fits in ``max_chars``, else its head and a note saying how long it was."""
+    return text if len(text) <= max_chars else text[:max_chars] + (
+        f"\n[output truncated: {len(text)} characters, the first {max_chars} shown]")
+
+
 def _as_text(function: Callable[..., Any], max_chars: int, kwargs: dict[str, Any]) -> str:
     """Run in the host worker: the tool's value as text, cut there to what the agent is shown,
     so that neither ``str`` of a huge value nor its transfer happens on the host."""
-    text = str(function(**kwargs))
-    return text if len(text) <= max_chars else text[:max_chars] + (
-        f"\n[output truncated: {len(text)} characters, the first {max_chars} shown]")
+    return cut_text(str(function(**kwargs)), max_chars)
 
 
 @typing.overload

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import math
 import operator
 
 import numpy as np
@@ -79,7 +80,9 @@ def _evaluate(node: ast.AST) -> int | float:
 def _bits(value: int | float | complex) -> int:
     if isinstance(value, int):
         return value.bit_length()
-    return 0 if isinstance(value, float) else _MAX_BITS + 1  # (-8) ** 0.5 is complex: refused
+    if isinstance(value, float) and math.isfinite(value):
+        return 0
+    return _MAX_BITS + 1  # inf, nan, and (-8) ** 0.5 (complex) are refused
 
 
 class Calculator(ToolEnv):
