@@ -14,6 +14,7 @@ from __future__ import annotations
 import enum
 from typing import Protocol, runtime_checkable
 
+from gymbox.runtime.attribution import Evidence
 from gymbox.runtime.spec import SandboxSpec
 
 
@@ -58,6 +59,13 @@ class Instance(Protocol):
 
     async def destroy(self) -> None:
         """Stop and remove the instance; idempotent, and never leaves it half-removed."""
+        ...
+
+    async def postmortem(self, since: float) -> Evidence:
+        """What the backend observed of the instance from ``since`` (``time.time()``) to now,
+        asked when a call on it failed: the evidence for
+        :func:`~gymbox.runtime.attribution.attribute`. An engine that does not answer is
+        reported as such, not raised."""
         ...
 
 

@@ -54,6 +54,10 @@ class Channel:
         self._flush_scheduled = False
         self.last_heard = time.monotonic()
         """When the supervisor last sent anything (``time.monotonic()``)."""
+        self.last_pressure: tuple[float, dict[str, Any]] | None = None
+        """The supervisor's last resource-pressure report and when it came
+        (``time.monotonic()``): it comes with answers to commands, cells and pings, and as a
+        heartbeat while agent code runs."""
         self._reader = asyncio.create_task(self._read_loop())
 
     async def wait_ready(self, timeout: float) -> dict[str, Any]:
@@ -147,9 +151,14 @@ class Channel:
             rid = message["id"]
         except (ValueError, KeyError, TypeError) as exc:
             raise Garbled(f"unreadable frame from the supervisor: {body[:80]!r}") from exc
+        pressure = message.get("pressure")
+        if isinstance(pressure, dict):
+            self.last_pressure = (time.monotonic(), pressure)
         if message.get("event") == "ready":
             if not self._ready.done():
                 self._ready.set_result(message)
+            return
+        if message.get("event") == "pressure":
             return
         future = self._pending.get(rid)
         if future is not None and not future.done():

@@ -16,6 +16,11 @@ The agent's own outcomes (non-zero exit, timeout, OOM) are not errors at all: th
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gymbox.runtime.attribution import Evidence
+
 
 class GymboxError(Exception):
     """Base of every error gymbox raises on purpose."""
@@ -39,6 +44,9 @@ class InfraError(GymboxError):
     Attributes:
         retry_safe: True when the failed operation certainly did not execute the agent's
             command, so running it again cannot run it twice.
+        evidence: what the platform observed when a sandbox call failed
+            (:class:`~gymbox.runtime.attribution.Evidence`), for
+            :func:`~gymbox.runtime.attribution.attribute`; None when none was gathered.
     """
 
     retry_safe: bool = False
@@ -46,6 +54,7 @@ class InfraError(GymboxError):
     def __init__(self, message: str, *, cause: BaseException | None = None) -> None:
         super().__init__(message)
         self.cause = cause
+        self.evidence: Evidence | None = None
         if cause is not None:
             self.__cause__ = cause
 

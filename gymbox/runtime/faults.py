@@ -52,12 +52,13 @@ import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Protocol
 
 import docker.errors
 
+from gymbox.runtime.attribution import Evidence
 from gymbox.runtime.backend import Backend, Instance, InstanceState, Link
 from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import EngineUnavailable, InvalidRequest
@@ -315,6 +316,10 @@ class FaultInjector:
     Args:
         backend: the backend that really runs the sandboxes.
         plan: what to inject.
+        testimony: offer the injector's log as evidence of who broke a sandbox (as a test
+            harness knows what it did). False leaves only what the platform itself observes:
+            faults that leave no trace at the engine (a garbled or truncated answer) are then
+            ambiguous, as a real one would be.
 
     Raises:
         InvalidRequest: the plan has container faults and ``backend`` is not Docker.
@@ -325,7 +330,7 @@ class FaultInjector:
         >>> pool = SandboxPool(backend=faults)  # doctest: +SKIP
     """
 
-    def __init__(self, backend: Backend, plan: FaultPlan) -> None:
+    def __init__(self, backend: Backend, plan: FaultPlan, *, testimony: bool = True) -> None:
         if plan.needs_container and not isinstance(backend, DockerBackend):
             raise InvalidRequest(
                 f"the plan kills or pauses containers, which the {backend.name!r} backend does "
@@ -333,6 +338,7 @@ class FaultInjector:
                 "(engine_outage, garble_response, truncate_response, slow_start)")
         self.inner = backend
         self.plan = plan
+        self.testimony = testimony
         self.name = backend.name
         self.log = FaultLog()
         self.requests = 0
@@ -429,6 +435,16 @@ class FaultyInstance:
     async def state(self) -> InstanceState:
         self._injector.check_engine("inspecting a sandbox")
         return await self.inner.state()
+
+    async def postmortem(self, since: float) -> Evidence:
+        """The inner instance's evidence, with the injector's own testimony: the faults it
+        injected into this instance (an engine that is down, by injection, does not answer)."""
+        injected = tuple(str(f.kind) for f in self._injector.log.on(self.id))
+        if self._injector.engine_down:
+            evidence = Evidence(engine_answered=False)
+        else:
+            evidence = await self.inner.postmortem(since)
+        return replace(evidence, injected=injected) if self._injector.testimony else evidence
 
     async def destroy(self) -> None:
         # A real client retries its removal until the engine is back; so does this one.
@@ -568,8 +584,8 @@ def _garbage(size: int) -> bytes:
 
 
 @contextlib.asynccontextmanager
-async def inject_faults(plan: FaultPlan, backend: Backend | None = None
-                        ) -> AsyncIterator[FaultInjector]:
+async def inject_faults(plan: FaultPlan, backend: Backend | None = None, *,
+                        testimony: bool = True) -> AsyncIterator[FaultInjector]:
     """A :class:`FaultInjector` over ``backend`` (default: Docker) for the ``async with`` block.
 
     On exit it waits for strikes in flight and unpauses what it paused, so the sandboxes can
@@ -584,7 +600,7 @@ async def inject_faults(plan: FaultPlan, backend: Backend | None = None
                 ...
             assert faults.log.by_kind()
     """
-    injector = FaultInjector(backend or DockerBackend(), plan)
+    injector = FaultInjector(backend or DockerBackend(), plan, testimony=testimony)
     try:
         yield injector
     finally:

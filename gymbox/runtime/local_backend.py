@@ -25,6 +25,7 @@ import warnings
 from pathlib import Path
 
 from gymbox.runtime import cleanup
+from gymbox.runtime.attribution import Evidence, Record
 from gymbox.runtime.backend import InstanceState
 from gymbox.runtime.errors import ConfigurationError, SandboxStartError
 from gymbox.runtime.spec import MiB, SandboxSpec
@@ -75,6 +76,12 @@ class LocalInstance:
 
     async def state(self) -> InstanceState:
         return InstanceState.RUNNING if self._proc.returncode is None else InstanceState.EXITED
+
+    async def postmortem(self, since: float) -> Evidence:
+        """No engine watches a host process: the record is only whether it still runs."""
+        code = self._proc.returncode
+        return Evidence(record=Record(status="running" if code is None else "exited",
+                                      exit_code=code, dead=code is not None))
 
     async def destroy(self) -> None:
         self.link.close()

@@ -1,30 +1,48 @@
-"""Episode recovery and attribution: an infrastructure failure never becomes a reward.
+"""Episode recovery and attribution: an infrastructure failure never becomes a reward, and an
+agent's own failure never becomes a masked episode.
 
 :class:`RecoveringSandboxes` is a sandbox source (what :class:`~gymbox.envs.ToolEnv` takes as
-``sandboxes``). Each episode's sandbox is a :class:`RecoveringSandbox` that journals every call
-and its outcome. When a call fails with an :class:`~gymbox.runtime.errors.InfraError`:
+``sandboxes``). Each episode's sandbox is a :class:`RecoveringSandbox` (a
+:class:`~gymbox.runtime.api.SandboxAPI`, as the sandbox it wraps) that journals every call and
+its outcome. When a call fails with an :class:`~gymbox.runtime.errors.InfraError`, the failure
+is first attributed on evidence (:func:`~gymbox.runtime.attribution.attribute`: the engine's
+record and events for the container, whether the engine answered, the supervisor's last
+resource-pressure report, in tests the fault injector's log), then:
 
-1. take a fresh sandbox from the source;
-2. replay the journal into it, checking that every replayed outcome equals the recorded one;
-3. run the failed call again, and hand its outcome to the env as if nothing had happened.
+* ``AGENT`` (it exhausted its own limits): the call's outcome is the agent's, an
+  :class:`~gymbox.runtime.result.ExecResult` killed by ``SIGKILL`` (an ``OSError`` for a file
+  operation) whose message says that the call destroyed its sandbox; scored as the env scores
+  any failing command. The sandbox is rebuilt from the journal, without that call, before the
+  next one.
+* ``INFRA`` (nothing the agent can do): take a fresh sandbox, replay the journal into it
+  checking that every outcome equals the recorded one, run the failed call again, and hand its
+  outcome to the env as if nothing had happened.
+* ``AMBIGUOUS``: re-test it the same way. If the call breaks ``blame_after`` sandboxes in a
+  row (the last ones rebuilt from the journal) it is the agent's; if the re-run succeeds on a
+  faithful rebuild, the episode goes on.
 
-Attempts are bounded (:attr:`RecoveryPolicy.max_attempts`) and so is their total time
-(:attr:`RecoveryPolicy.deadline_s`); waiting for a fresh sandbox while none can be started (the
-engine is down) takes time but no attempt. When recovery gives up, the failure propagates and
-the env ends the episode ``infra_failed`` with an invalid reward: it is *masked*.
+**What it takes to be masked.** An episode ends ``infra_failed``, its reward invalid, only when
+the failure was attributed ``INFRA`` *and* recovery could not rebuild the sandbox faithfully:
+attempts (:attr:`RecoveryPolicy.max_attempts`) or time (:meth:`RecoveryPolicy.deadline_for`,
+which grows with the journal's recorded durations) ran out, or the replay diverged. Nothing
+else is masked:
 
-**Attribution.** A call that breaks ``blame_after`` sandboxes in a row, the last ones fresh and
-rebuilt from the journal, is breaking them itself: the agent caused it. Its outcome is then a
-value, not an exception: an :class:`~gymbox.runtime.result.ExecResult` killed by ``SIGKILL``
-whose stderr says that the command destroyed its sandbox, scored as the env scores any failing
-command. The sandbox is rebuilt without that call before the next one. A failure can only be
-blamed on a call that may have run (``retry_safe`` failures — the engine was down, a sandbox did
-not start — say it did not), and a replay that diverges does not let a call escape blame: the
-call still runs once on the imperfect rebuild to see whether it breaks it too.
+* an ``AGENT`` failure is scored at once;
+* an ``AMBIGUOUS`` failure whose re-test diverges, or runs out of attempts or time, is scored
+  as the agent's (the same "destroyed its sandbox" outcome): an agent cannot escape by making
+  its calls non-deterministic, slow or dependent on which sandbox they run in;
+* a replay that breaks a fresh sandbox with evidence that is not ``INFRA`` (a call that crashes
+  only when run again later) is the agent's too, whatever the first failure was.
 
-With independent infrastructure faults at a per-call rate *p*, a call is wrongly blamed with
-probability about *p*^(blame_after - 1); :class:`~gymbox.runtime.faults.FaultInjector` models
-faults as transient and never strikes the re-run of a struck request.
+The one thing the agent cannot do is make a failure ``INFRA``: that evidence (an outside kill,
+stop, pause or exec, an engine that does not answer, an expired lease, an injected fault) is
+out of its reach. Waiting for a fresh sandbox while none can be started (the engine is down)
+takes time but no attempt.
+
+With independent infrastructure faults at a per-call rate *p* that leave no evidence, a call is
+wrongly blamed with probability about *p*^(blame_after - 1);
+:class:`~gymbox.runtime.faults.FaultInjector` models faults as transient and never strikes the
+re-run of a struck request.
 
 Example:
     >>> async def episode(pool):  # doctest: +SKIP
@@ -46,6 +64,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gymbox.runtime.api import SandboxAPI, SandboxSource
+from gymbox.runtime.attribution import Cause, attribute
 from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.result import ExecResult
@@ -75,7 +94,11 @@ class RecoveryPolicy:
     Attributes:
         max_attempts: fresh sandboxes tried for one failure before giving up (failing to get
             one at all only takes time, see ``deadline_s``).
-        deadline_s: the most time one recovery may take, all attempts together.
+        deadline_s: the most time one recovery may take, all attempts together, for an empty
+            journal; :meth:`deadline_for` adds time for the journal to replay.
+        replay_factor: seconds of recovery allowed per second that the journal's calls (and
+            the failed call, up to its failure) took when they first ran: a long episode of slow
+            legal calls still fits its replay in the deadline.
         blame_after: how many sandboxes in a row one call must break to be the agent's fault
             (2: it broke its sandbox, then a fresh one rebuilt from the journal).
         backoff: the wait between attempts.
@@ -89,6 +112,7 @@ class RecoveryPolicy:
 
     max_attempts: int = 3
     deadline_s: float = 60.0
+    replay_factor: float = 3.0
     blame_after: int = 2
     backoff: Backoff = RECOVERY_BACKOFF
 
@@ -100,6 +124,14 @@ class RecoveryPolicy:
                              f"{self.blame_after}")
         if not self.deadline_s > 0:
             raise ValueError(f"deadline_s must be > 0, got {self.deadline_s}")
+        if not self.replay_factor >= 1:
+            raise ValueError(f"replay_factor must be >= 1 (a replay takes as long as the calls "
+                             f"did), got {self.replay_factor}")
+
+    def deadline_for(self, recorded_s: float) -> float:
+        """The deadline of a recovery whose journal took ``recorded_s`` seconds to run:
+        ``deadline_s + replay_factor * recorded_s``, since each attempt replays it all."""
+        return self.deadline_s + self.replay_factor * recorded_s
 
 
 @dataclass
@@ -202,10 +234,12 @@ def _observable(outcome: Any) -> Any:
 @dataclass(frozen=True, slots=True)
 class Blame:
     """The verdict that a call destroyed ``breaks`` sandboxes in a row, the last with
-    ``failure``: the agent caused it."""
+    ``failure``: the agent caused it (``reason`` says on what evidence, when not the breaks
+    alone)."""
 
     failure: InfraError
     breaks: int
+    reason: str = ""
 
 
 def destroyed_sandbox(call: Call, blame: Blame) -> Call:
@@ -213,10 +247,13 @@ def destroyed_sandbox(call: Call, blame: Blame) -> Call:
     ``ExecResult`` killed by SIGKILL; for a file operation, an ``OSError`` (EIO), as any of the
     agent's file errors. Either way the message says what happened."""
     what = "command" if call.method in ("exec", "run_python") else "file operation"
+    again = "" if blame.breaks < 2 else (
+        f", and did so again on {blame.breaks - 1} fresh "
+        f"sandbox{'es' if blame.breaks > 2 else ''} rebuilt from the earlier calls")
+    why = f" ({blame.reason})" if blame.reason else ""
     message = (
-        f"gymbox: this {what} destroyed its sandbox ({blame.failure.kind}), and did so again "
-        f"on {blame.breaks - 1} fresh sandbox{'es' if blame.breaks > 2 else ''} rebuilt from "
-        "the earlier calls; its effects are lost, and the sandbox is back as it was before it."
+        f"gymbox: this {what} destroyed its sandbox ({blame.failure.kind}){again}{why}; its "
+        "effects are lost, and the sandbox is back as it was before it."
     )
     if what == "file operation":
         return replace(call, outcome=None, error=OSError(errno.EIO, message))
@@ -329,7 +366,7 @@ class RecoveringSandbox:
             InfraError: attempts or time ran out.
         """
         async with self._lock:
-            await self._recover(None)
+            await self._recover(None, None)
 
     async def close(self) -> None:
         """Give the sandbox back and report the episode's outcome to the circuit breaker."""
@@ -360,7 +397,7 @@ class RecoveringSandbox:
                 done = await call.run(self._lease.sandbox)
             except InfraError as failure:
                 try:
-                    outcome = await self._recover_from(call, failure)
+                    outcome = await self._recover_from(call, failure, time.monotonic() - started)
                 finally:
                     self._source.metrics.stalled_s[failure.kind] += time.monotonic() - started
                 if isinstance(outcome, Blame):
@@ -372,66 +409,101 @@ class RecoveringSandbox:
 
     async def _rebuild(self) -> None:
         """A fresh sandbox with the journal replayed, after a call was blamed for breaking the
-        last one."""
+        last one. The agent broke it: a replay that diverges is its doing too, and the episode
+        goes on, scored, on the imperfect rebuild."""
         try:
-            await self._recover(None)
+            await self._recover(None, None, Cause.AGENT)
         except InfraError as exc:
             self._source.metrics.masked[exc.kind] += 1
             raise
 
-    async def _recover_from(self, call: Call, failure: InfraError) -> Call | Blame:
+    async def _recover_from(self, call: Call, failure: InfraError, ran_s: float) -> Call | Blame:
         metrics = self._source.metrics
+        verdict = attribute(failure, failure.evidence)
+        log.info("%s failed with %s: %s (%s)", call.describe(), failure.kind, verdict.cause,
+                 verdict.reason)
+        if verdict.cause is Cause.AGENT:
+            await self._drop()
+            metrics.agent_caused[failure.kind] += 1
+            return Blame(failure, 1, verdict.reason)
         try:
-            outcome = await self._recover(call, failure)
+            outcome = await self._recover(call, failure, verdict.cause, ran_s)
         except InfraError:
             metrics.masked[failure.kind] += 1
             raise
+        assert outcome is not None
         if isinstance(outcome, Blame):
-            metrics.agent_caused[outcome.failure.kind] += 1
+            metrics.agent_caused[failure.kind] += 1
         else:
             metrics.recovered[failure.kind] += 1
         return outcome
 
-    async def _recover(self, call: Call | None, failure: InfraError | None = None
-                       ) -> Call | Blame | None:
+    async def _recover(self, call: Call | None, failure: InfraError | None,
+                       cause: Cause = Cause.INFRA, ran_s: float = 0.0) -> Call | Blame | None:
         """Rebuild on a fresh sandbox and run ``call`` there (only rebuild when it is None).
 
-        Returns the call with its new outcome, or a :class:`Blame` when the call broke
-        ``blame_after`` sandboxes in a row.
+        ``cause`` is the verdict on ``failure``. After an ``INFRA`` failure the call broke
+        nothing, and a rebuild that cannot be made faithful (a diverging replay, no sandbox in
+        time) ends the episode masked. Otherwise (``AMBIGUOUS``, or a rebuild after the agent's
+        own failure) nothing that happens here may mask it: a divergence, a replay that breaks
+        the fresh sandbox or running out of attempts or time make the call's outcome the
+        agent's (:class:`Blame`).
+
+        Returns:
+            The call with its new outcome, a :class:`Blame`, or None for a rebuild.
 
         Raises:
-            InfraError: attempts or time ran out (``failure`` when it is known, with a note), or
-                the replay diverged (:class:`ReplayDiverged`) and the call did not break the
-                rebuild.
+            InfraError: attempts or time ran out on an infra failure (``failure`` when it is
+                known, with a note), or the replay diverged (:class:`ReplayDiverged`).
         """
         policy = self._source.policy
+        scored = cause is not Cause.INFRA
+        deadline = policy.deadline_for(sum(c.duration_s for c in self._journal) + ran_s)
         started = time.monotonic()
-        breaks = 1 if failure is not None and not failure.retry_safe else 0
+        breaks = 1 if scored and failure is not None else 0
         last = failure
         await self._drop()
         for attempt in range(policy.max_attempts):
-            remaining = policy.deadline_s - (time.monotonic() - started)
+            remaining = deadline - (time.monotonic() - started)
             if remaining <= 0:
                 break
             try:
                 async with asyncio.timeout(remaining):
                     self._lease = await self._fresh()
-                    diverged = await self._replay(self._lease.sandbox)
+                    try:
+                        diverged = await self._replay(self._lease.sandbox)
+                    except InfraError as exc:
+                        if attribute(exc, exc.evidence).cause is Cause.INFRA:
+                            raise
+                        # The journal itself breaks fresh sandboxes (say, a call that crashes
+                        # only when run later): the agent's doing.
+                        await self._drop()
+                        if call is not None:
+                            return Blame(exc, breaks + 1, "replaying the earlier calls broke "
+                                                          "a fresh sandbox")
+                        log.warning("the journal breaks every rebuild (%s); the episode goes "
+                                    "on in an empty sandbox", exc)
+                        self._journal.clear()
+                        raise
                     if call is None:
-                        if diverged is not None:
+                        if diverged is not None and not scored:
                             raise diverged
                         return None
                     try:
                         done = await call.run(self._lease.sandbox)
                     except InfraError as exc:
-                        # Only a failure during which the call may have run can be its doing.
-                        breaks += 0 if exc.retry_safe else 1
-                        if breaks >= policy.blame_after:
+                        again = attribute(exc, exc.evidence).cause
+                        breaks += 0 if again is Cause.INFRA else 1
+                        if again is Cause.AGENT or breaks >= policy.blame_after:
                             await self._drop()
                             return Blame(exc, breaks)
                         raise
                     if diverged is not None:
-                        raise diverged
+                        if not scored:
+                            raise diverged
+                        await self._drop()
+                        return Blame(failure or diverged, breaks,
+                                     "the earlier calls gave different outcomes when replayed")
                     return done
             except ReplayDiverged as exc:
                 await self._drop()
@@ -442,11 +514,13 @@ class RecoveringSandbox:
                 last = exc if isinstance(exc, InfraError) else self._start_failure or last
                 log.info("recovery attempt %d of %s failed: %s", attempt + 1,
                          call.describe() if call else "a rebuild", exc)
-            left = policy.deadline_s - (time.monotonic() - started)
+            left = deadline - (time.monotonic() - started)
             await asyncio.sleep(max(0.0, min(policy.backoff.delay(attempt), left)))
         error = last or InfraError("recovery found no working sandbox")
+        if scored and call is not None:
+            return Blame(error, max(breaks, 1), "no fresh sandbox could re-test it in time")
         error.add_note(f"gymbox recovery gave up after {policy.max_attempts} attempts or "
-                       f"{policy.deadline_s:g} s")
+                       f"{deadline:g} s")
         self.failure = error
         raise error
 

@@ -15,7 +15,16 @@ when the platform failed:
 * the engine cannot be asked: :class:`EngineUnavailable`.
 
 After any of these the sandbox is broken: every later call raises :class:`SandboxDied` with
-``retry_safe=True`` (nothing was sent), and the caller takes a fresh sandbox.
+``retry_safe=True`` (nothing was sent), and the caller takes a fresh sandbox. The failure
+carries the platform's :class:`~gymbox.runtime.attribution.Evidence` (``error.evidence``): the
+engine's record and events for the instance around the call, and the supervisor's last
+resource-pressure report; :func:`~gymbox.runtime.attribution.attribute` decides who caused it.
+
+Arguments are checked on the host before anything is sent (:class:`InvalidRequest`, and the
+sandbox stays usable): strings must be text UTF-8 can carry (no lone surrogates, no NUL),
+timeouts finite, positive and at most ``spec.max_timeout_s``, ``env`` a ``str`` → ``str``
+mapping, payloads (``stdin``, ``write_file`` data) at most ``spec.read_limit_bytes`` and within
+the workspace, modes between 0 and 0o7777.
 
 File operations run as the agent's uid; their own failures (no such file, permission denied)
 raise the matching built-in ``OSError`` subclass, as ``open()`` would.
@@ -42,9 +51,10 @@ import math
 import threading
 import time
 from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, TypeVar
 
+from gymbox.runtime.attribution import Evidence, Pressure
 from gymbox.runtime.backend import Backend, Instance, InstanceState
 from gymbox.runtime.backends import select_backend
 from gymbox.runtime.channel import Channel, Garbled, LinkLost, RemoteError
@@ -59,9 +69,11 @@ from gymbox.runtime.errors import (
     SupervisorFault,
 )
 from gymbox.runtime.result import ExecResult
-from gymbox.runtime.spec import SandboxSpec
+from gymbox.runtime.spec import MiB, SandboxSpec
 
 T = TypeVar("T")
+POSTMORTEM_S = 10.0
+"""The most time gathering the evidence of a failure may take (the engine may be down)."""
 
 READY_TIMEOUT_S = 30.0
 DIAGNOSE_LOOKS = 3
@@ -179,10 +191,7 @@ class Sandbox:
         if env is not None:
             fields["env"] = _env(env)
         if stdin is not None:
-            if not isinstance(stdin, bytes | str):
-                raise InvalidRequest(f"stdin must be bytes or str, got {type(stdin).__name__}")
-            data = stdin.encode() if isinstance(stdin, str) else stdin
-            fields["stdin"] = base64.b64encode(data).decode()
+            fields["stdin"] = base64.b64encode(self._payload("stdin", stdin)).decode()
         answer = await self._call("exec", self._backstop(deadline),
                                   fields)
         return _result(answer)
@@ -204,6 +213,7 @@ class Sandbox:
             raise InvalidRequest(f"code must be a str of Python source, got {type(code).__name__}")
         if "\0" in code:
             raise InvalidRequest("code contains a NUL byte, which Python source cannot contain")
+        _encodable("code", code)
         deadline = self._timeout(timeout)
         answer = await self._call(
             "python", self._backstop(deadline),
@@ -218,9 +228,13 @@ class Sandbox:
         Raises:
             PermissionError, IsADirectoryError, OSError: the agent may not write there.
         """
-        if not isinstance(data, bytes | str):
-            raise InvalidRequest(f"data must be bytes or str, got {type(data).__name__}")
-        raw = data.encode() if isinstance(data, str) else data
+        raw = self._payload("data", data)
+        limit = min(self.spec.fsize_mb, int(self.spec.workspace_mb or 0)) * MiB
+        if len(raw) > limit:
+            raise InvalidRequest(f"data is {len(raw)} bytes, more than the workspace or a file "
+                                 f"may hold ({limit} bytes)")
+        if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise InvalidRequest(f"mode must be an int from 0 to 0o7777, e.g. 0o644, got {mode!r}")
         await self._call("write", FILE_OP_BACKSTOP_S, {
             "path": _text("path", path), "data": base64.b64encode(raw).decode(), "mode": mode})
 
@@ -278,7 +292,21 @@ class Sandbox:
             raise InvalidRequest(
                 f"timeout must be a positive, finite number of seconds, got {timeout!r}; "
                 "pass e.g. timeout=10")
+        if timeout > self.spec.max_timeout_s:
+            raise InvalidRequest(
+                f"timeout {timeout:g} s is over the sandbox's maximum of "
+                f"{self.spec.max_timeout_s:g} s (SandboxSpec.max_timeout_s)")
         return float(timeout)
+
+    def _payload(self, name: str, data: object) -> bytes:
+        if not isinstance(data, bytes | str):
+            raise InvalidRequest(f"{name} must be bytes or str, got {type(data).__name__}")
+        raw = _encodable(name, data).encode() if isinstance(data, str) else data
+        if len(raw) > self.spec.read_limit_bytes:
+            raise InvalidRequest(
+                f"{name} is {len(raw)} bytes, more than one call carries "
+                f"({self.spec.read_limit_bytes} bytes, SandboxSpec.read_limit_bytes)")
+        return raw
 
     def _backstop(self, deadline: float) -> float:
         return deadline + self.spec.grace_s + self.spec.backstop_margin_s
@@ -292,6 +320,7 @@ class Sandbox:
             error.retry_safe = True
             raise error
         watched = backstop_s > self.spec.liveness_probe_s
+        sent_at = time.time()
         if watched:
             self._watched += 1
             self._last_call = time.monotonic()
@@ -313,7 +342,25 @@ class Sandbox:
             self._broken = await self._diagnose(exc)
         finally:
             self._watched -= watched
+        if self._broken.evidence is None:
+            self._broken.evidence = await self._observe(sent_at)
         raise self._broken
+
+    async def _observe(self, since: float) -> Evidence | None:
+        """What the platform saw of this sandbox since ``since`` (``time.time()``): the backend's
+        postmortem of the instance, with the supervisor's last pressure report."""
+        pressure = None
+        if self._channel.last_pressure is not None:
+            at, report = self._channel.last_pressure
+            pressure = Pressure.from_wire(report, age_s=time.monotonic() - at)
+        try:
+            async with asyncio.timeout(POSTMORTEM_S):
+                evidence = await self._instance.postmortem(since)
+        except TimeoutError:
+            evidence = Evidence(engine_answered=False)
+        except Exception:  # evidence is best effort: without it the failure is ambiguous
+            return None
+        return replace(evidence, pressure=pressure)
 
     async def _watch(self) -> None:
         """The liveness watch: runs while watched calls wait, and fails them all with
@@ -383,6 +430,18 @@ def _text(name: str, value: object) -> str:
         raise InvalidRequest(f"{name} must be a non-empty str, got {value!r}")
     if "\0" in value:
         raise InvalidRequest(f"{name} contains a NUL byte: {value!r}")
+    return _encodable(name, value)
+
+
+def _encodable(name: str, value: str) -> str:
+    """``value``, if UTF-8 can carry it to the sandbox (a lone surrogate cannot)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidRequest(
+            f"{name} contains {value[exc.start:exc.end]!r} at index {exc.start}, a lone "
+            "surrogate that UTF-8 cannot carry; pass valid text (or bytes, for data and "
+            "stdin)") from None
     return value
 
 
@@ -401,19 +460,23 @@ def _argv(cmd: str | Sequence[str]) -> list[str]:
             raise InvalidRequest(f"argv[{index}] must be a str, got {arg!r}")
         if "\0" in arg:
             raise InvalidRequest(f"argv[{index}] contains a NUL byte: {arg!r}")
+        _encodable(f"argv[{index}]", arg)
     if not argv[0]:
         raise InvalidRequest("argv[0] is empty; name the program to run")
     return argv
 
 
 def _env(env: Mapping[str, str]) -> dict[str, str]:
+    if not isinstance(env, Mapping):
+        raise InvalidRequest(f"env must be a mapping of str to str, got {type(env).__name__}")
     checked = {}
     for key, value in env.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
             raise InvalidRequest(f"environment variable name {key!r} is not valid")
         if not isinstance(value, str) or "\0" in value:
-            raise InvalidRequest(f"environment variable {key} must be a str without NUL bytes")
-        checked[key] = value
+            raise InvalidRequest(f"environment variable {key} must be a str without NUL bytes, "
+                                 f"got {value!r}")
+        checked[_encodable("env name", key)] = _encodable(f"env[{key!r}]", value)
     return checked
 
 

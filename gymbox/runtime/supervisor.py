@@ -62,9 +62,12 @@ READ_CHUNK = 1 << 16
 PIPE_LINGER_S = 0.5
 FILE_OP_TIMEOUT_S = 30.0
 SPAWNER_THREADS = 4
+HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
+AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
+KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
 
 INTERPRETER_SOURCE = r"""
-import ast, os, sys, traceback
+import ast, os, sys, threading, traceback
 code_in = os.fdopen(int(sys.argv[1]), "rb")
 control = os.fdopen(int(sys.argv[2]), "wb", buffering=0)
 namespace = {"__name__": "__main__", "__builtins__": __builtins__}
@@ -90,7 +93,7 @@ while True:
         status = 1
     sys.stdout.flush()
     sys.stderr.flush()
-    control.write(b"%d\n" % status)
+    control.write(b"%d %d\n" % (status, threading.active_count() - 1))
 """
 
 
@@ -131,6 +134,69 @@ class Capped:
         )
 
 
+def read_number(path):
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+        return None if text == "max" else int(text)
+    except (OSError, ValueError):
+        return None
+
+
+def read_stat(path, name):
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == name:
+                    return int(value)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+class Gauges:
+    """How close the sandbox is to its memory, pids and tmpfs limits (cgroup v2 or v1)."""
+
+    def __init__(self, tmpfs):
+        self.tmpfs = tmpfs
+        v2 = os.path.exists("/sys/fs/cgroup/memory.current")
+        root = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/memory/"
+        self.memory = (root + ("memory.current" if v2 else "memory.usage_in_bytes"),
+                       root + ("memory.max" if v2 else "memory.limit_in_bytes"),
+                       root + "memory.stat", "inactive_file" if v2 else "total_inactive_file")
+        pids = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/pids/"
+        self.pids = (pids + "pids.current", pids + "pids.max")
+
+    def report(self):
+        return {"memory": self.memory_fraction(), "pids": self.fraction(*self.pids),
+                "tmpfs": {mount: self.fill(mount) for mount in self.tmpfs}}
+
+    def memory_fraction(self):
+        current, limit, stat_path, inactive = self.memory
+        used, cap = read_number(current), read_number(limit)
+        if used is None or not cap or cap > 1 << 60:
+            return None
+        # Inactive page cache is reclaimed before anything is killed: it is not pressure.
+        used -= read_stat(stat_path, inactive) or 0
+        return round(max(0, used) / cap, 3)
+
+    @staticmethod
+    def fraction(current, limit):
+        used, cap = read_number(current), read_number(limit)
+        return round(used / cap, 3) if used is not None and cap else None
+
+    @staticmethod
+    def fill(mount):
+        try:
+            st = os.statvfs(mount)
+        except OSError:
+            return None
+        blocks = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
+        inodes = 1 - st.f_favail / st.f_files if st.f_files else 0.0
+        return round(max(blocks, inodes), 3)
+
+
 def find_oom_counter():
     """The cgroup file whose ``oom_kill`` line counts OOM kills in this sandbox, or None."""
     for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"):
@@ -163,6 +229,8 @@ class Supervisor:
         self.lease_path = config.get("lease_path")
         self.sweep_uid = config.get("sweep_uid", False)
         self.oom_path = find_oom_counter() if config.get("oom_events", True) else None
+        self.gauges = Gauges(config.get("tmpfs") or [])
+        self.heartbeat_armed = False
         self.selector = selectors.DefaultSelector()
         self.timers = []
         self.timer_seq = 0
@@ -270,14 +338,32 @@ class Supervisor:
                 self.renew(request["seconds"])
                 self.reply(rid, {})
             elif op == "ping":
-                self.reply(rid, {"pid": os.getpid()})
+                self.reply(rid, {"pid": os.getpid()}, pressure=True)
             else:
                 self.fail(rid, "InvalidRequest", f"unknown op {op!r}")
         except Exception as exc:  # a bug here must answer the request, not kill the sandbox
             self.fail(rid, "SupervisorError", f"{type(exc).__name__}: {exc}")
 
-    def reply(self, rid, result):
-        self.send({"id": rid, "ok": True, "result": result})
+    def reply(self, rid, result, pressure=False):
+        """Answer a request; ``pressure`` adds the resource report, the host's evidence of what
+        the agent's processes were doing to the sandbox's limits."""
+        message = {"id": rid, "ok": True, "result": result}
+        if pressure:
+            message["pressure"] = self.gauges.report()
+        self.send(message)
+
+    def arm_heartbeat(self):
+        if not self.heartbeat_armed:
+            self.heartbeat_armed = True
+            self.at(time.monotonic() + HEARTBEAT_S, self.heartbeat)
+
+    def heartbeat(self):
+        """While agent code runs, a pressure report every HEARTBEAT_S: if the agent takes the
+        supervisor down, the host knows how full the sandbox was just before."""
+        self.heartbeat_armed = False
+        if self.commands or self.spawning or (self.interpreter and self.interpreter.cell):
+            self.send({"id": 0, "event": "pressure", "pressure": self.gauges.report()})
+            self.arm_heartbeat()
 
     def fail(self, rid, kind, message, code=None):
         self.send({"id": rid, "ok": False, "error": {"type": kind, "message": message,
@@ -305,9 +391,24 @@ class Supervisor:
     def spawn(self, argv, *, cwd, env, stdin, pass_fds=()):
         return subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            pass_fds=pass_fds, start_new_session=True, user=self.uid, group=self.gid,
-            extra_groups=[] if self.uid is not None else None,
+            pass_fds=pass_fds, start_new_session=True, preexec_fn=self.become_agent,
         )
+
+    def become_agent(self):
+        """In a new child, before it runs agent code: make it the kernel's first choice for an
+        OOM kill, then drop to the agent's uid. The order matters: written while still root
+        (with CAP_SYS_RESOURCE) the score is also the floor the agent cannot lower it below.
+        Only ``os`` calls: this runs between fork and exec, beside the spawner threads."""
+        with contextlib.suppress(OSError):
+            fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
+            try:
+                os.write(fd, b"%d" % AGENT_OOM_SCORE_ADJ)
+            finally:
+                os.close(fd)
+        if self.uid is not None:
+            os.setgroups([])
+            os.setresgid(self.gid, self.gid, self.gid)
+            os.setresuid(self.uid, self.uid, self.uid)
 
     def kill_session(self, sid, keep=()):
         """SIGKILL every process of session ``sid``: its group atomically, stragglers by scan."""
@@ -328,8 +429,9 @@ class Supervisor:
         return True
 
     def kill_where(self, match, keep):
-        # A process may fork while we scan; a few rounds catch the children of the last round.
-        for _ in range(8):
+        # A process may fork while we scan; more rounds catch the children of the last round
+        # (a fork bomb refills each freed pid until every parent is dead).
+        for _ in range(KILL_ROUNDS):
             victims = [pid for pid in list_pids() if pid not in keep and match(pid)]
             if not victims:
                 return
@@ -353,6 +455,7 @@ class Supervisor:
         thread. ``Popen`` blocks until its child has exec'd (to report exec errors): alone,
         that wait costs less than a hand-off; with commands in flight, the loop must not wait."""
         started = time.monotonic()
+        self.arm_heartbeat()
         if self.spawning or not self.idle():
             self.spawning += 1
             self.spawn_jobs.put((rid, request, started))
@@ -378,6 +481,8 @@ class Supervisor:
                               stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
         except OSError as exc:
             return spawn_failure(request["argv"][0], cwd, exc, started)
+        except ValueError as exc:  # e.g. a string the OS cannot take (the host checks first)
+            return Refusal(f"the command cannot be started: {exc}")
 
     def on_spawned(self, fd):
         os.read(fd, 4096)
@@ -387,6 +492,9 @@ class Supervisor:
             self.adopt(rid, request, started, outcome)
 
     def adopt(self, rid, request, started, outcome):
+        if isinstance(outcome, Refusal):
+            self.fail(rid, "InvalidRequest", outcome.message)
+            return
         if isinstance(outcome, dict):
             self.reply(rid, outcome)
             return
@@ -408,7 +516,15 @@ class Supervisor:
                 self.next_cell()
                 return
         self.interpreter_lost = False
+        self.arm_heartbeat()
         self.interpreter.run_cell(request, reset)
+
+
+class Refusal:
+    """A request the supervisor could not even try (the host's checks should have caught it)."""
+
+    def __init__(self, message):
+        self.message = message
 
 
 def spawn_failure(program, cwd, exc, started):
@@ -567,7 +683,7 @@ class Command:
         result = result_dict(exit_code, sig, self.out, self.err, self.timed_out, oom,
                              self.started)
         result["duration_s"] = self.ended - self.started
-        self.sup.reply(self.rid, result)
+        self.sup.reply(self.rid, result, pressure=True)
 
 
 class Interpreter:
@@ -603,8 +719,13 @@ class Interpreter:
         sup.selector.register(self.pidfd, selectors.EVENT_READ, self.on_exit)
 
     def run_cell(self, request, reset):
+        try:
+            source = request["code"].encode("utf-8")
+        except UnicodeEncodeError as exc:  # the host checks first; never wedge the interpreter
+            self.sup.fail(request["id"], "InvalidRequest", f"the code is not valid UTF-8: {exc}")
+            self.sup.next_cell()
+            return
         self.cell = Cell(request, reset, self.sup.oom_kills())
-        source = request["code"].encode("utf-8")
         try:
             os.write(self.code_w, b"%d\n" % len(source))
             view = memoryview(source)
@@ -646,7 +767,8 @@ class Interpreter:
                 self.cell.started_running = True
                 continue
             self.drain()
-            self.finish(int(line), None)
+            status, _, threads = line.partition(b" ")
+            self.finish(int(status), None, threads=int(threads or 0))
 
     def on_deadline(self, cell):
         if self.cell is not cell:
@@ -681,18 +803,32 @@ class Interpreter:
                 self.cell = None
         self.sup.next_cell()
 
-    def finish(self, exit_code, sig, reset=False):
+    def finish(self, exit_code, sig, reset=False, threads=0):
         cell, self.cell = self.cell, None
         if reset:
             note = "[gymbox] the Python interpreter was restarted; names defined before are gone\n"
             cell.err.feed(note.encode())
+        if threads:
+            # A thread cannot be stopped from outside, and one left running would act between
+            # calls (and differently on a replay): the interpreter goes, after this answer.
+            cell.err.feed(f"[gymbox] the cell left {threads} thread(s) running: the "
+                          "interpreter restarts before the next cell\n".encode())
         after = self.sup.oom_kills()
         oom = after is not None and cell.oom_before is not None and after > cell.oom_before
         result = result_dict(exit_code, sig, cell.out, cell.err, cell.timed_out, oom,
                              cell.started, interpreter_reset=reset or cell.reset)
-        self.sup.reply(cell.request["id"], result)
-        if not reset:
-            self.sup.next_cell()
+        self.sup.reply(cell.request["id"], result, pressure=True)
+        if reset:
+            return
+        # Processes the cell started do not outlive it (the interpreter itself stays).
+        self.sup.kill_where(lambda pid: session_of(pid) == self.proc.pid, {self.proc.pid})
+        if self.sup.idle():
+            self.sup.sweep()
+        if threads:
+            self.close()
+            self.sup.interpreter = None
+            self.sup.interpreter_lost = True
+        self.sup.next_cell()
 
     def kill(self):
         self.sup.kill_session(self.proc.pid)
@@ -725,7 +861,15 @@ class FileOp:
     def __init__(self, sup, rid, request):
         self.sup, self.rid = sup, rid
         read_end, write_end = os.pipe()
-        self.pid = os.fork()
+        try:
+            self.pid = os.fork()
+        except OSError as exc:  # the agent's processes hold the pids limit: its outcome
+            os.close(read_end)
+            os.close(write_end)
+            self.done = True
+            sup.fail(rid, "OSError", f"cannot start the file operation: {exc.strerror} (the "
+                     "sandbox's process limit is reached?)", exc.errno)
+            return
         if self.pid == 0:
             os.close(read_end)
             payload = b""
@@ -780,10 +924,7 @@ class FileOp:
 
 def run_file_op(sup, request):
     try:
-        if sup.uid is not None:
-            os.setgroups([])
-            os.setgid(sup.gid)
-            os.setuid(sup.uid)
+        sup.become_agent()
         os.chdir(sup.workdir)
         result = FILE_OPS[request["op"]](request)
         return json.dumps({"ok": True, "result": result}).encode()

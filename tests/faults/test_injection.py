@@ -75,7 +75,9 @@ async def test_kill_supervisor_leaves_a_running_container_without_its_supervisor
         assert isinstance(error, AmbiguousExecution)  # it may have run; its answer is lost
         assert container_state(docker_client, sandbox.id)["Running"]
         top = docker_client.api.top(sandbox.id, ps_args="-eo pid,args")["Processes"]
-        assert not any("python3" in " ".join(p) for p in top), top
+        assert not any("gymbox-supervisor" in " ".join(p) for p in top), top
+        # and the engine saw who did it: an exec into the container, from outside
+        assert "exec_start" in error.evidence.outside()
 
 
 async def test_garbled_and_truncated_responses():

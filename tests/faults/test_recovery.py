@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 
 from gymbox.runtime import SandboxAPI, SandboxSpec
@@ -23,10 +21,11 @@ from tests.faults.workload import (
 
 pytestmark = pytest.mark.docker
 
-# A sandbox whose workspace may outgrow its memory: filling the workspace exhausts the memory
-# limit, and the kernel's OOM killer then takes the supervisor with the agent's processes.
-FRAGILE = SandboxSpec(memory_mb=64, workspace_mb=256, grace_s=0.2, backstop_margin_s=1.0,
-                      labels=SPEC.labels)
+# A sandbox that keeps no memory for its supervisor (supervisor_reserve_mb=0): filling the
+# workspace exhausts the memory limit, and once the agent's processes are gone the kernel's OOM
+# killer takes the supervisor (tmpfs pages belong to no process).
+FRAGILE = SandboxSpec(memory_mb=64, workspace_mb=56, tmp_mb=1, shm_mb=1, supervisor_reserve_mb=0,
+                      grace_s=0.2, backstop_margin_s=1.0, labels=SPEC.labels)
 EXHAUST_MEMORY = call("shell", command="head -c 200M /dev/zero > fill; echo filled")
 
 
@@ -90,7 +89,10 @@ async def test_a_hung_sandbox_cannot_hold_an_episode_past_the_recovery_deadline(
     assert episode.seconds < BACKSTOP_S + policy.deadline_s + 1.5
 
 
-async def test_an_agent_that_exhausts_its_sandbox_is_scored_not_masked():
+async def test_an_agent_that_breaks_a_sandbox_without_a_reserve_is_scored_on_the_oom_evidence():
+    # FRAGILE keeps no memory for the supervisor: once the workspace holds most of the memory,
+    # the kernel runs out of agent processes to kill and takes the lease loop or the
+    # supervisor. The engine saw the OOM kill: the agent's doing, scored at once, not masked.
     agent = scripted(call("shell", command="echo 6 > a.txt"),
                      call("python", code="x = int(open('a.txt').read())"),
                      EXHAUST_MEMORY,
@@ -98,30 +100,87 @@ async def test_an_agent_that_exhausts_its_sandbox_is_scored_not_masked():
     async with recovering(spec=FRAGILE) as (sandboxes, _):
         episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
     assert episode.status == "completed" and episode.record.valid
-    destroyed = episode.messages[7]["content"]
-    assert "this command destroyed its sandbox" in destroyed
-    assert f"[killed by signal {int(signal.SIGKILL)}]" in destroyed
-    # the sandbox was rebuilt without the fatal call: the file and `x` are back
-    assert episode.messages[9]["content"] == "42"
-    assert sum(sandboxes.metrics.agent_caused.values()) == 1
-    assert not sandboxes.metrics.masked
+    seen = [m["content"] for m in episode.messages[7:10:2]]
+    destroyed = [text for text in seen if "destroyed its sandbox" in text]
+    assert all("OOM-killed" in text for text in destroyed)
+    assert sum(sandboxes.metrics.agent_caused.values()) == len(destroyed)
+    assert not sandboxes.metrics.masked and not sandboxes.metrics.recovered
 
 
-async def test_crashing_the_sandbox_does_not_dodge_a_bad_reward():
+async def test_with_the_default_reserve_exhausting_memory_leaves_the_supervisor_alive():
+    # The default spec sizes every tmpfs below the memory limit minus the supervisor's
+    # reserve: filling them all, then forking, kills only the agent's processes.
+    spec = SandboxSpec(memory_mb=128, grace_s=0.2, backstop_margin_s=1.0, labels=SPEC.labels)
+    fill = "; ".join(f"head -c 200M /dev/zero > {d}/fill 2>/dev/null" for d in
+                     ("/workspace", "/tmp", "/dev/shm"))
+    agent = scripted(call("python", code="x = 6"),
+                     call("shell", command=fill + "; echo filled"),
+                     call("python", code="import subprocess; subprocess.run(['true']); "
+                                         "b = bytearray(200 << 20)"),
+                     call("shell", command="echo alive"))
+    async with recovering(spec=spec) as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
+    assert episode.status == "completed" and episode.record.valid
+    assert "killed" in episode.messages[7]["content"]
+    assert episode.messages[9]["content"] == "alive"
+    metrics = sandboxes.metrics
+    assert not (metrics.recovered or metrics.masked or metrics.agent_caused)
+
+
+async def test_exhausting_the_sandbox_does_not_dodge_a_bad_reward():
     agent = scripted(EXHAUST_MEMORY)  # then answers with what it saw: wrong
     async with recovering(spec=FRAGILE) as (sandboxes, _):
         episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
     assert episode.status == "completed"
     assert episode.record.valid and episode.record.value == 0.0
-    assert sum(sandboxes.metrics.agent_caused.values()) == 1
+    assert not sandboxes.metrics.masked
 
 
-async def test_nondeterministic_output_before_the_crash_does_not_dodge_blame_either():
+async def test_an_ambiguous_failure_is_re_tested_and_recovered_when_it_replays_faithfully():
+    # A garbled answer leaves no trace at the engine: without the injector's testimony it is
+    # ambiguous. The re-test (replay, then the call again) succeeds: the episode goes on.
+    expected = await baseline(3)
+    plan = FaultPlan(scripted={3: FaultKind.GARBLE_RESPONSE})
+    async with recovering(plan, testimony=False) as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes), 3)
+    assert episode.messages == expected.messages and episode.record == expected.record
+    assert sandboxes.metrics.recovered == {"supervisor_fault": 1}
+    assert not sandboxes.metrics.masked and not sandboxes.metrics.agent_caused
+
+
+async def test_an_ambiguous_failure_after_nondeterministic_calls_is_scored_not_masked():
+    # The class "crash conditioned on what differs between sandboxes": the replay diverges, so
+    # the failure cannot be re-tested faithfully. Ambiguous, it is the agent's outcome, scored.
+    agent = scripted(call("shell", command="cat /proc/sys/kernel/random/uuid"),
+                     call("shell", command="echo after"), call("shell", command="echo next"))
+    plan = FaultPlan(scripted={2: FaultKind.GARBLE_RESPONSE})
+    async with recovering(plan, testimony=False) as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
+    assert episode.status == "completed" and episode.record.valid
+    assert "this command destroyed its sandbox (supervisor_fault)" in episode.messages[5]["content"]
+    assert "different outcomes when replayed" in episode.messages[5]["content"]
+    assert episode.messages[7]["content"] == "next"  # the rebuild serves the next call
+    assert sandboxes.metrics.agent_caused == {"supervisor_fault": 1}
+    assert not sandboxes.metrics.masked
+
+
+async def test_the_same_infra_failure_with_its_evidence_is_masked_when_the_replay_diverges():
+    # The counterpart: with the injector's testimony the failure is infra, and a rebuild that
+    # cannot be faithful masks the episode (an honest agent's `date` must not cost it a reward).
+    agent = scripted(call("shell", command="cat /proc/sys/kernel/random/uuid"),
+                     call("shell", command="echo after"))
+    plan = FaultPlan(scripted={2: FaultKind.GARBLE_RESPONSE})
+    async with recovering(plan) as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
+    assert episode.status == "infra_failed" and not episode.record.valid
+    assert sandboxes.metrics.masked == {"supervisor_fault": 1}
+
+
+async def test_nondeterministic_output_before_exhausting_memory_is_still_scored():
     agent = scripted(call("shell", command="cat /proc/sys/kernel/random/uuid"), EXHAUST_MEMORY)
     async with recovering(spec=FRAGILE) as (sandboxes, _):
         episode = await play(ProductEnv(sandboxes=sandboxes), 0, agent)
     assert episode.status == "completed" and episode.record.valid
-    assert sum(sandboxes.metrics.agent_caused.values()) == 1
     assert not sandboxes.metrics.masked
 
 
@@ -140,8 +199,8 @@ async def test_an_agent_killing_its_own_processes_is_just_an_outcome(command):
 
 
 async def test_a_fork_bomb_is_never_masked():
-    # Exhausting the pids limit sometimes takes the container's lease loop down with it (it
-    # cannot fork `sleep`), sometimes not: either way the episode is scored, never masked.
+    # Exhausting the pids limit takes nothing of the platform's down (the lease loop and the
+    # supervisor need no new process): the episode is scored, and the sandbox serves on.
     bomb = call("shell", command="sh -c 'f() { f | f & }; f' 2>/dev/null; sleep 1")
     agent = scripted(bomb, call("shell", command="echo still here"))
     async with recovering() as (sandboxes, _):
@@ -149,6 +208,7 @@ async def test_a_fork_bomb_is_never_masked():
     assert episode.status == "completed" and episode.record.valid
     assert episode.messages[5]["content"] == "still here"
     assert not sandboxes.metrics.masked
+    assert not sandboxes.metrics.recovered and not sandboxes.metrics.agent_caused
 
 
 async def test_the_breaker_stops_new_episodes_when_infra_failures_dominate():

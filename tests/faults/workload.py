@@ -123,14 +123,16 @@ def scripted(*turns: str) -> Agent:
 @contextlib.asynccontextmanager
 async def recovering(plan: FaultPlan | None = None, *, spec: SandboxSpec = SPEC,
                      policy: RecoveryPolicy = POLICY, pool_size: int = 2,
-                     breaker: InfraCircuitBreaker | None = None,
+                     breaker: InfraCircuitBreaker | None = None, testimony: bool = True,
                      ) -> AsyncIterator[tuple[RecoveringSandboxes, FaultInjector | None]]:
-    """Recovering sandboxes over a warm Docker pool, behind an injector when ``plan`` is given."""
+    """Recovering sandboxes over a warm Docker pool, behind an injector when ``plan`` is given
+    (``testimony=False``: its log is no evidence, only what the platform observes is)."""
     async with contextlib.AsyncExitStack() as stack:
         faults = None
         backend: Any = DockerBackend()
         if plan is not None:
-            faults = backend = await stack.enter_async_context(inject_faults(plan, backend))
+            faults = backend = await stack.enter_async_context(
+                inject_faults(plan, backend, testimony=testimony))
         pool = await stack.enter_async_context(SandboxPool(spec, size=pool_size, backend=backend))
         yield RecoveringSandboxes(pool, policy, breaker=breaker), faults
 
