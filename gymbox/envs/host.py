@@ -272,7 +272,15 @@ def _close_workers() -> None:
 # preloads gymbox.envs (what tools and verifiers refer to) before it says it is ready, so that
 # import time never counts against a call's deadline.
 _WORKER_SOURCE = """
-import os, pickle, resource, struct, sys
+import os, pickle, resource, struct, sys, threading, time
+host = os.getppid()
+
+def orphaned():  # the host died (even by SIGKILL): stop whatever is computing
+    while os.getppid() == host:
+        time.sleep(1.0)
+    os._exit(1)
+
+threading.Thread(target=orphaned, daemon=True).start()
 limit = int(os.environ["GYMBOX_HOST_MEMORY"])
 try:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
