@@ -26,8 +26,7 @@ import numpy as np
 
 from gymbox.envs import InvalidOption, Task, ToolEnv, ToolError, play, tool
 from gymbox.rewards.gold import NumericMatch
-from gymbox.rewards.record import RewardRecord
-from gymbox.runtime import Sandbox
+from gymbox.runtime import SandboxAPI
 
 DATABASE = "shop.db"
 QUERY_TIMEOUT_S = 10.0
@@ -59,7 +58,7 @@ _PRODUCTS = ("kettle", "lamp", "mug", "notebook", "pen", "teapot")
 
 
 @tool
-async def sql(query: str, *, sandbox: Sandbox) -> str:
+async def sql(query: str, *, sandbox: SandboxAPI) -> str:
     """Run one read-only SQL query on the shop database (SQLite) and return the rows.
 
     Tables: customers(id, name, city), products(id, name, price_cents),
@@ -137,6 +136,7 @@ class ShopSQL(ToolEnv):
     """
 
     tools = (sql,)
+    verifier = NumericMatch()
 
     def draw_task(self, rng: np.random.Generator, *, question: str | None = None) -> Task:
         if question is None:
@@ -156,7 +156,7 @@ class ShopSQL(ToolEnv):
         return Task(prompt=text.format(**parameters), reference=str(answer),
                     data={"rows": rows}, id=f"shop_sql:{question}:{_digest(rows, parameters)}")
 
-    async def setup(self, task: Task, sandbox: Sandbox) -> None:
+    async def setup(self, task: Task, sandbox: SandboxAPI) -> None:
         script = (
             "import json, sqlite3, sys\n"
             f"db = sqlite3.connect({DATABASE!r})\n"
@@ -170,10 +170,6 @@ class ShopSQL(ToolEnv):
                                     stdin=json.dumps(task.data["rows"]))
         if not result.ok:
             raise RuntimeError(f"could not build the database in the sandbox: {result.stderr}")
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        assert task.reference is not None
-        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
 
 
 if "examples/ShopSQL-v0" not in gymnasium.registry:

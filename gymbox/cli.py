@@ -103,14 +103,14 @@ def cmd_play(args: argparse.Namespace) -> int:
     from gymbox.envs import play
     from gymbox.envs.registry import require_registered
 
-    require_registered(args.env_id)
-    info = play(args.env_id, seed=args.seed)
+    info = play(require_registered(args.env_id), seed=args.seed)
     return 0 if info.get("status") != "infra_failed" else 1
 
 
 def _train_config(args: argparse.Namespace):
     from gymbox.agents.config import load_config
     from gymbox.agents.train import TrainConfig
+    from gymbox.envs.registry import require_registered
 
     overrides = list(args.set or [])
     for flag, key in (("env", "env"), ("model", "model"), ("run_dir", "run_dir"),
@@ -119,7 +119,9 @@ def _train_config(args: argparse.Namespace):
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
-    return load_config(TrainConfig, args.config, overrides)
+    config = load_config(TrainConfig, args.config, overrides)
+    require_registered(config.env)  # before a model is loaded: a typo costs nothing
+    return config
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -160,7 +162,8 @@ def _add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE", help="a TOML or YAML config")
     parser.add_argument("--set", metavar="KEY=VALUE", action="append",
                         help="override a config value, e.g. --set optim.learning_rate=1e-5")
-    parser.add_argument("--env", help="env id (default: gymbox/Calculator-v0)")
+    parser.add_argument("--env", help="a registered env id, or MODULE:ID to import MODULE first "
+                        "(default: gymbox/Calculator-v0)")
     parser.add_argument("--model", help="a transformers model dir or a GGUF file "
                         "(default: the embedded SmolLM2-135M-Instruct)")
     parser.add_argument("--run-dir", dest="run_dir", help="where the run is written")
@@ -195,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc.set_defaults(run=cmd_gc)
 
     play = commands.add_parser("play", help="play an env by hand, as the agent")
-    play.add_argument("env_id", help="e.g. gymbox/PythonMath-v0")
+    play.add_argument("env_id", help="a registered id (gymbox/PythonMath-v0), or MODULE:ID to "
+                      "import MODULE first (examples.sql_env:examples/ShopSQL-v0)")
     play.add_argument("--seed", type=int, help="task seed")
     play.set_defaults(run=cmd_play)
 

@@ -8,12 +8,18 @@ running out of turns or tokens truncates it. Tools that need a sandbox get one p
 Three kinds of failure are kept apart:
 
 * the agent's mistakes — a malformed call, an unknown tool, bad arguments, a tool's
-  :class:`~gymbox.envs.errors.ToolError`, failing code — are answered with an observation that
-  says what was wrong, and the episode goes on;
-* the platform's failures — :class:`~gymbox.runtime.errors.InfraError` from the sandbox — end
+  :class:`~gymbox.envs.errors.ToolError`, failing code, *any* exception a tool raises on the
+  agent's arguments, a host tool past its deadline — are answered with an observation that
+  says what was wrong, and the episode goes on. No model output makes ``step`` raise or hang;
+* the platform's failures — :class:`~gymbox.runtime.errors.InfraError` from the sandbox, or a
+  :class:`~gymbox.envs.errors.GraderFailed` that the evidence does not pin on the answer — end
   the episode with status ``"infra_failed"`` and an *invalid* reward record, never an
   observation and never a score;
 * the caller's mistakes — a step after the end, an unknown reset option — raise a typed error.
+
+Sandboxes recover by default: whatever source an env is given (or the private pool it makes),
+its episodes get :class:`~gymbox.runtime.recovery.RecoveringSandboxes`' sandboxes, so an infra
+failure is recovered (or masked when it cannot be) and a crash the agent causes is scored.
 """
 
 from __future__ import annotations
@@ -22,31 +28,46 @@ import asyncio
 import contextlib
 import copy
 import inspect
+import logging
 import math
 import threading
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import gymnasium
 import numpy as np
 from gymnasium import spaces
 
-from gymbox.envs.errors import EpisodeOver, InvalidOption, ToolDefinitionError, ToolError
+from gymbox.envs import host
+from gymbox.envs.errors import (
+    EpisodeOver,
+    GraderCrashed,
+    GraderFailed,
+    GraderTimeout,
+    InvalidOption,
+    ToolDefinitionError,
+    ToolError,
+)
 from gymbox.envs.parsing import (
     ANSWER_FORMAT,
     CALL_FORMAT,
+    ParsedCalls,
     ToolCall,
     extract_answer,
     parse_tool_calls,
 )
 from gymbox.envs.tools import ArgumentError, Tool
-from gymbox.rewards.record import RewardRecord
+from gymbox.rewards.gold import Verifier
+from gymbox.rewards.record import RewardComponent, RewardRecord
+from gymbox.runtime.api import SandboxAPI, SandboxSource
 from gymbox.runtime.errors import InfraError, InvalidRequest
 from gymbox.runtime.pool import SandboxPool
+from gymbox.runtime.recovery import RecoveringSandboxes
 from gymbox.runtime.result import ExecResult
-from gymbox.runtime.sandbox import Sandbox
 from gymbox.runtime.spec import SandboxSpec
+
+log = logging.getLogger(__name__)
 
 Status = Literal["running", "completed", "truncated", "infra_failed"]
 Message = dict[str, Any]
@@ -75,13 +96,6 @@ class ChatText(spaces.Text):
 
     def __repr__(self) -> str:
         return f"ChatText(max_length={self.max_length})"
-
-
-class SandboxSource(Protocol):
-    """Where an env gets one sandbox per episode: a :class:`~gymbox.runtime.SandboxPool`, or
-    anything used the same way (``RecoveringSandboxes``)."""
-
-    def acquire(self) -> contextlib.AbstractAsyncContextManager[Sandbox]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,11 +180,21 @@ class ToolEnv(gymnasium.Env[str, str]):
 
     The step reward is 0.0 until the last step, which carries ``reward_record.value``.
 
-    **Writing one**: set ``tools`` (from ``@tool``), implement ``draw_task`` and ``score``;
+    **Writing one**: set ``tools`` (from ``@tool``), implement ``draw_task``, and either set
+    ``verifier`` (the answer is compared with ``task.reference``) or implement ``score``;
     optionally ``setup`` (prepare the sandbox), ``reply`` (answer a turn without a tool
-    call) and ``demonstrate`` (a scripted expert's turn, for warm-up demonstrations).
+    call), ``answer_instruction`` (how the system prompt asks for the final answer) and
+    ``demonstrate`` (a scripted expert's turn, for warm-up demonstrations).
     Keyword-only parameters of ``draw_task`` are the env's reset options. A tool that takes
     ``sandbox`` makes the env acquire one sandbox per episode from ``sandboxes``.
+
+    **Grading** (:meth:`grade`): an answer longer than ``max_answer_chars`` scores 0 without
+    reaching the grader; ``score`` runs under ``score_timeout_s``. A grader that raises or
+    times out is retried once; if it also fails on ``task.reference`` (or the task has none),
+    the grader is broken and the episode is masked (``GraderCrashed``/``GraderTimeout``, status
+    ``infra_failed``); if it judges the reference fine, the answer broke it: scored 0, with
+    ``reason="answer_broke_grader"``. So an agent cannot escape a bad score by breaking the
+    grader, and a broken grader never becomes a reward of 0.
 
     Use the sync API or the async API for an episode, not both: the sync calls run the async
     ones on the env's own event-loop thread, where its sandboxes live.
@@ -182,20 +206,37 @@ class ToolEnv(gymnasium.Env[str, str]):
         count_tokens: the tokenizer's count, e.g. ``lambda s: len(tok.encode(s))``.
         max_action_chars: a longer turn is not parsed; the agent is told it was too long.
         sandboxes: a started :class:`~gymbox.runtime.SandboxPool` (shared by many envs), or
-            another :class:`SandboxSource`, that gives each episode a fresh sandbox. It must
-            live on the loop that drives the env, so pass one only with the async API. None
-            makes a private one-sandbox pool of ``sandbox_spec`` on first use, closed by
-            ``close``.
+            another :class:`~gymbox.runtime.SandboxSource`, that gives each episode a fresh
+            sandbox. It must live on the loop that drives the env, so pass one only with the
+            async API. A source that is not a
+            :class:`~gymbox.runtime.recovery.RecoveringSandboxes` is wrapped in one (default
+            :class:`~gymbox.runtime.recovery.RecoveryPolicy`), so recovery and attribution are
+            always on. None makes a private one-sandbox pool of ``sandbox_spec`` on first
+            use, behind recovery too, closed by ``close``.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
     tools: Sequence[Tool] = ()
     sandbox_spec: SandboxSpec = SandboxSpec()
-    system_prompt: str = (
-        "You are an agent that solves the task by calling tools. To call a tool, write "
-        f"{CALL_FORMAT}; you may make several calls in one turn and you will get their results. "
-        f"When you are done, write your final answer as {ANSWER_FORMAT}."
-    )
+    verifier: Verifier | None = None
+    """Compares a final answer with ``task.reference`` for the default :meth:`score`."""
+    max_answer_chars: int = 1000
+    """A longer final answer is the agent's outcome, scored 0, and never reaches the grader."""
+    score_timeout_s: float = 10.0
+    """The deadline of one :meth:`score` call (of an override: all of its time; of the default:
+    the verifier's run in its host worker); see :meth:`grade`."""
+    answer_instruction: str = f"When you are done, write your final answer as {ANSWER_FORMAT}."
+    """How the default system prompt asks for the final answer."""
+
+    @property
+    def system_prompt(self) -> str:
+        """The system message: how to call tools, then :attr:`answer_instruction`. A subclass
+        may set its own string instead."""
+        return (
+            "You are an agent that solves the task by calling tools. To call a tool, write "
+            f"{CALL_FORMAT}; you may make several calls in one turn and you will get their "
+            f"results. {self.answer_instruction}"
+        )
 
     def __init__(
         self,
@@ -218,12 +259,15 @@ class ToolEnv(gymnasium.Env[str, str]):
         self.render_mode = render_mode
         self.observation_space = ChatText(MAX_OBSERVATION_CHARS)
         self.action_space = ChatText(MAX_ACTION_CHARS)
-        self._sandboxes = sandboxes
+        self._sandboxes = (
+            sandboxes if sandboxes is None or isinstance(sandboxes, RecoveringSandboxes)
+            else RecoveringSandboxes(sandboxes)
+        )
         self._private_pool: SandboxPool | None = None
         self._episode_resources = contextlib.AsyncExitStack()
         self._tools_by_name = _index_tools(self.tools)
         self._loop_thread: _LoopThread | None = None
-        self._sandbox: Sandbox | None = None
+        self._sandbox: SandboxAPI | None = None
         self._sandbox_loop: asyncio.AbstractEventLoop | None = None
         self._clear_episode()
 
@@ -234,11 +278,37 @@ class ToolEnv(gymnasium.Env[str, str]):
         subclass are its reset options; raise :class:`InvalidOption` for a bad value."""
         raise NotImplementedError(f"{type(self).__name__} must implement draw_task")
 
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        """The reward of a final ``answer``. ``sandbox`` is the episode's, still open."""
-        raise NotImplementedError(f"{type(self).__name__} must implement score")
+    async def score(self, answer: str, task: Task, sandbox: SandboxAPI | None) -> RewardRecord:
+        """The reward of a final ``answer``. ``sandbox`` is the episode's, still open.
 
-    async def setup(self, task: Task, sandbox: Sandbox) -> None:
+        The default compares ``answer`` with ``task.reference`` using :attr:`verifier`, in a
+        host worker process (:mod:`gymbox.envs.host`) killed at :attr:`score_timeout_s`, so a
+        verifier that loops or allocates without bound cannot stall the host. An override that
+        computes on the host should do the same with :func:`gymbox.envs.host.run_on_host`.
+        Called through :meth:`grade`, which bounds and classifies what it does.
+
+        Example:
+            >>> from gymbox.rewards.gold import NumericMatch
+            >>> class Sums(ToolEnv):
+            ...     verifier = NumericMatch()
+            ...     def draw_task(self, rng):
+            ...         return Task(prompt="What is 2 + 3?", reference="5")
+            >>> env = Sums()
+            >>> _ = env.reset(seed=0)
+            >>> env.step("<answer>5.0</answer>")[1]
+            1.0
+            >>> env.close()
+        """
+        if self.verifier is None or task.reference is None:
+            raise NotImplementedError(
+                f"{type(self).__name__} must set `verifier` (with tasks that have a reference) "
+                "or implement score"
+            )
+        same = await asyncio.to_thread(host.run_on_host, self.verifier.equivalent, answer,
+                                       task.reference, timeout_s=self.score_timeout_s)
+        return RewardRecord.of(gold=float(bool(same)))
+
+    async def setup(self, task: Task, sandbox: SandboxAPI) -> None:
         """Prepare the episode's sandbox for ``task`` (write files...). Default: nothing."""
 
     def demonstrate(self) -> str:
@@ -271,6 +341,8 @@ class ToolEnv(gymnasium.Env[str, str]):
 
     @property
     def needs_sandbox(self) -> bool:
+        """True when a tool takes ``sandbox`` or the env overrides :meth:`setup`: then each
+        episode gets its own sandbox."""
         return any(t.in_sandbox for t in self.tools) or type(self).setup is not ToolEnv.setup
 
     @property
@@ -279,12 +351,15 @@ class ToolEnv(gymnasium.Env[str, str]):
         return self._task
 
     @property
-    def sandbox(self) -> Sandbox | None:
-        """The running episode's sandbox; None when the env needs none or no episode runs."""
+    def sandbox(self) -> SandboxAPI | None:
+        """The running episode's sandbox (a recovering one: its ``id`` is that of the sandbox
+        serving calls now); None when the env needs none or no episode runs."""
         return self._sandbox
 
     @property
     def status(self) -> Status:
+        """The episode's status: ``running``, ``completed``, ``truncated`` or
+        ``infra_failed``."""
         return self._status
 
     @property
@@ -300,9 +375,40 @@ class ToolEnv(gymnasium.Env[str, str]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[str, dict[str, Any]]:
+        """Start an episode and return ``(prompt, info)``; the sync twin of :meth:`areset`.
+
+        Example:
+            >>> from gymbox.envs.builtin.calculator import Calculator
+            >>> env = Calculator()
+            >>> prompt, info = env.reset(seed=0, options={"difficulty": 1})
+            >>> prompt
+            'What is 85 - 52? Use the calculate tool, then give the value.'
+            >>> [m["role"] for m in info["messages"]], info["status"]
+            (['system', 'user'], 'running')
+            >>> env.close()
+        """
         return self._run_sync(self.areset(seed=seed, options=options))
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        """Play one agent turn (the model's raw text); the sync twin of :meth:`astep`.
+
+        Returns ``(observation, reward, terminated, truncated, info)``. Any text is a valid
+        action: what cannot be read is answered with an observation saying so.
+
+        Example:
+            >>> from gymbox.envs.builtin.calculator import Calculator
+            >>> env = Calculator()
+            >>> _ = env.reset(seed=0, options={"difficulty": 1})
+            >>> env.step('<tool_call>{"name": "calculate", '
+            ...          '"arguments": {"expression": "85 - 52"}}</tool_call>')[0]
+            '33'
+            >>> env.step('<tool_call>{"name": "calculate"}</tool_call>')[0][:48]
+            "Error: tool 'calculate': missing argument 'expre"
+            >>> obs, reward, terminated, truncated, info = env.step("<answer>33</answer>")
+            >>> reward, terminated, info["status"]
+            (1.0, True, 'completed')
+            >>> env.close()
+        """
         return self._run_sync(self.astep(action))
 
     async def areset(
@@ -339,6 +445,10 @@ class ToolEnv(gymnasium.Env[str, str]):
     async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
         """Play one agent turn; see the class docstring for what comes back.
 
+        Whatever the text holds, this returns: the agent's errors and anything a tool raises
+        are observations, host tools run under their deadlines, and the final answer is graded
+        by :meth:`grade`.
+
         Raises:
             EpisodeOver: no episode is running (never reset, or already ended).
             TypeError: ``action`` is not a string.
@@ -352,18 +462,18 @@ class ToolEnv(gymnasium.Env[str, str]):
             raise TypeError(f"an action is the model's text (str), got {type(action).__name__}")
         self._turn += 1
         self._messages.append({"role": "assistant", "content": action})
-        self._tokens += self.count_tokens(action)
+        self._tokens += self._count(action)
         first_new = len(self._messages)
         try:
             answer, calls, results = await self._respond(action)
         except InfraError as exc:
             return await self._end_infra_failed(exc)
-        self._tokens += sum(self.count_tokens(m["content"]) for m in self._messages[first_new:])
+        self._tokens += sum(self._count(m["content"]) for m in self._messages[first_new:])
         observation = "\n\n".join(m["content"] for m in self._messages[first_new:])
         if answer is not None:
             try:
-                record = await self.score(answer, self._task, self._sandbox)
-            except InfraError as exc:
+                record = await self.grade(answer)
+            except InfraError as exc:  # GraderFailed included: masked, never a 0
                 return await self._end_infra_failed(exc)
             return await self._end("completed", record, observation, answer, calls, results)
         if self._turn >= self.max_turns or (
@@ -396,7 +506,73 @@ class ToolEnv(gymnasium.Env[str, str]):
         await self._release_everything()
         self._sandbox_loop = None
 
+    async def grade(self, answer: str) -> RewardRecord:
+        """The running episode's reward for its final ``answer``: :meth:`score`, bounded.
+
+        1. An answer longer than :attr:`max_answer_chars` scores 0
+           (``reason="answer_too_long"``): the grader never sees it.
+        2. :meth:`score` runs under :attr:`score_timeout_s`. If it raises (anything but
+           ``InfraError``, which is the sandbox's and propagates) or times out, it is tried once
+           more: a transient failure gives the grade then.
+        3. If it fails again, the grader is tried on ``task.reference``. When it fails there
+           too, or the task has no reference to try, the grader is broken: the failure is
+           raised, and the episode is masked. When it grades the reference, the failure is
+           the answer's doing: scored 0, ``reason="answer_broke_grader"``.
+
+        Raises:
+            GraderCrashed, GraderTimeout: the grader failed and the evidence does not pin it
+                on the answer.
+            InfraError: the sandbox failed while ``score`` used it.
+        """
+        assert self._task is not None
+        if len(answer) > self.max_answer_chars:
+            return _zero("answer_too_long")
+        first = await self._try_score(answer)
+        if isinstance(first, RewardRecord):
+            return first
+        again = await self._try_score(answer)
+        if isinstance(again, RewardRecord):
+            return again
+        reference = self._task.reference
+        control = None if reference is None else await self._try_score(reference)
+        if not isinstance(control, RewardRecord):
+            raise again
+        log.warning("%s: the grader failed on an answer but not on the reference (%s); the "
+                    "answer scores 0", type(self).__name__, again)
+        self._grader_failure = again.kind
+        return _zero("answer_broke_grader")
+
+    async def _try_score(self, answer: str) -> RewardRecord | GraderFailed:
+        assert self._task is not None
+        scoring = self.score(answer, self._task, self._sandbox)
+        if type(self).score is not ToolEnv.score:
+            # The default runs in a host worker under this deadline already; it excludes the
+            # wait for a worker to be free, which is the platform's time, not the grader's.
+            scoring = asyncio.wait_for(scoring, self.score_timeout_s)
+        try:
+            record = await scoring
+        except InfraError:
+            raise
+        except NotImplementedError:
+            raise  # the env is incomplete: the author's error, loud
+        except (TimeoutError, host.HostTimeout):
+            return GraderTimeout(f"{type(self).__name__}.score ran past its "
+                                 f"{self.score_timeout_s:g} s deadline")
+        except Exception as exc:  # every grader failure is classified here
+            log.warning("%s.score raised on an answer", type(self).__name__, exc_info=True)
+            return GraderCrashed(f"{type(self).__name__}.score raised {exc!r}"[:500], cause=exc)
+        if not isinstance(record, RewardRecord):
+            return GraderCrashed(f"{type(self).__name__}.score returned {type(record).__name__},"
+                                 " not a RewardRecord")
+        return record
+
     # -- one turn --------------------------------------------------------------------------------
+
+    def _count(self, text: str) -> int:
+        try:
+            return self.count_tokens(text)
+        except Exception:  # a tokenizer refusing odd text (lone surrogates)
+            return self.count_tokens(text.encode("utf-8", "replace").decode("utf-8"))
 
     async def _respond(self, text: str) -> tuple[str | None, list[ToolCall], list[ToolResult]]:
         if len(text) > self.max_action_chars:
@@ -405,10 +581,18 @@ class ToolEnv(gymnasium.Env[str, str]):
                 f"{self.max_action_chars}. It was not read. Write a shorter turn."
             )})
             return None, [], []
-        parsed = parse_tool_calls(text)
-        answer = extract_answer(text)
+        try:
+            parsed, answer = parse_tool_calls(text), extract_answer(text)
+        except Exception as exc:  # the parser promises not to; defence in depth
+            log.warning("parsing a turn raised", exc_info=True)
+            parsed, answer = ParsedCalls(errors=(f"the message could not be read "
+                                                 f"({_describe(exc)})",)), None
         if parsed.empty and answer is None:
-            env_reply = self.reply(text)
+            try:
+                env_reply = self.reply(text)
+            except Exception as exc:  # no text may stop the episode
+                log.warning("%s.reply raised", type(self).__name__, exc_info=True)
+                env_reply = Reply(f"Error: your message could not be read ({_describe(exc)}).")
             self._messages.append({"role": "user", "content": env_reply.content})
             return env_reply.answer, [], []
         calls = [
@@ -424,9 +608,13 @@ class ToolEnv(gymnasium.Env[str, str]):
         return answer, calls, results
 
     async def _run_call(self, call: ToolCall) -> ToolResult:
-        """Run one call: the single path every tool call takes, journalled for replay.
+        """Run one call: the single path every tool call takes, and where its failures are
+        classified.
 
-        The agent's errors come back as a result with ``ok=False``; ``InfraError`` propagates.
+        The agent's errors come back as a result with ``ok=False``: bad arguments, a
+        ``ToolError``, a refused sandbox call, a host tool past its deadline, and any other
+        exception the tool raised on these arguments (logged: it may be a bug in the tool).
+        Only ``InfraError`` propagates.
         """
         chosen = self._tools_by_name.get(call.name)
         if chosen is None:
@@ -438,14 +626,29 @@ class ToolEnv(gymnasium.Env[str, str]):
             arguments = chosen.check_arguments(call.arguments)
         except ArgumentError as exc:
             return ToolResult(call, f"Error: {exc}.", ok=False)
+        except Exception as exc:  # odd values (deep nesting...) are the agent's
+            return ToolResult(call, f"Error: the arguments could not be checked "
+                              f"({_describe(exc)}).", ok=False)
         try:
             output = await chosen.invoke(arguments, sandbox=self._sandbox)
+        except InfraError:
+            raise
         except ToolError as exc:
             result = ToolResult(call, f"Error: {exc}", ok=False)
         except InvalidRequest as exc:
             # The sandbox refused what the agent's arguments asked for (a NUL byte in code...):
             # nothing ran, and the agent can fix it.
             result = ToolResult(call, f"Error: the sandbox refused the call: {exc}", ok=False)
+        except host.HostTimeout as exc:
+            result = ToolResult(call, f"Error: {exc}.", ok=False)
+        except host.HostRaised as exc:
+            if not exc.tool_error:
+                log.warning("tool %r raised %s", call.name, exc)
+            result = ToolResult(call, f"Error: {exc.message if exc.tool_error else exc}",
+                                ok=False)
+        except Exception as exc:  # no argument may stop the episode
+            log.warning("tool %r raised", call.name, exc_info=True)
+            result = ToolResult(call, f"Error: the tool failed: {_describe(exc)}", ok=False)
         else:
             result = _result_of(call, output)
         self._journal.append(result)
@@ -486,6 +689,8 @@ class ToolEnv(gymnasium.Env[str, str]):
         }
         if self._infra_error is not None:
             info["infra_error"] = self._infra_error
+        if self._grader_failure is not None:
+            info["grader_failure"] = self._grader_failure
         return info
 
     def _clear_episode(self) -> None:
@@ -498,6 +703,7 @@ class ToolEnv(gymnasium.Env[str, str]):
         self._record: RewardRecord | None = None
         self._answer: str | None = None
         self._infra_error: str | None = None
+        self._grader_failure: str | None = None
 
     def _task_from_options(self, options: dict[str, Any]) -> Task:
         if "task" in options:
@@ -519,11 +725,11 @@ class ToolEnv(gymnasium.Env[str, str]):
             )
         return self.draw_task(self.np_random, **options)
 
-    async def _acquire_sandbox(self) -> Sandbox:
+    async def _acquire_sandbox(self) -> SandboxAPI:
         if self._sandboxes is None:
             self._private_pool = SandboxPool(self.sandbox_spec, size=1)
             await self._private_pool.start()
-            self._sandboxes = self._private_pool
+            self._sandboxes = RecoveringSandboxes(self._private_pool)
         self._sandbox_loop = asyncio.get_running_loop()
         return await self._episode_resources.enter_async_context(self._sandboxes.acquire())
 
@@ -531,8 +737,10 @@ class ToolEnv(gymnasium.Env[str, str]):
         self._sandbox = None
         resources, self._episode_resources = self._episode_resources, contextlib.AsyncExitStack()
         # A sandbox that fails to close is the reaper's to collect; the episode is over anyway.
-        with contextlib.suppress(InfraError):
+        try:
             await resources.aclose()
+        except Exception:
+            log.warning("releasing the episode's sandbox failed", exc_info=True)
 
     async def _release_everything(self) -> None:
         await self._release_sandbox()
@@ -567,6 +775,21 @@ def _result_of(call: ToolCall, output: Any) -> ToolResult:
     if isinstance(output, ExecResult):
         return ToolResult(call, render_exec_result(output), ok=output.ok, exec_result=output)
     return ToolResult(call, str(output), ok=True)
+
+
+def _zero(reason: str) -> RewardRecord:
+    """The agent's outcome of an answer the grader must not or cannot judge: gold 0."""
+    return RewardRecord(value=0.0, components={"gold": RewardComponent(0.0)}, reason=reason)
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message``, short, for an observation; never raises."""
+    try:
+        message = str(exc)
+    except Exception:
+        message = ""
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
 
 
 def render_exec_result(result: ExecResult) -> str:

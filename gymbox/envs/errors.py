@@ -7,7 +7,7 @@ not exceptions: the env answers them with an observation. The platform's failure
 
 from __future__ import annotations
 
-from gymbox.runtime.errors import GymboxError
+from gymbox.runtime.errors import GymboxError, InfraError
 
 
 class ToolDefinitionError(GymboxError, TypeError):
@@ -41,3 +41,18 @@ class ToolError(GymboxError):
         ...         raise ToolError("b must not be zero")
         ...     return str(a / b)
     """
+
+
+class GraderFailed(InfraError):
+    """The env's grader (its ``score``, its verifier) failed on an answer: a failure of the
+    platform's judging, not the agent's outcome. The episode is masked (an invalid record with
+    this error's ``kind``) unless the evidence says the answer itself broke the grader; see
+    :meth:`gymbox.envs.ToolEnv.grade`."""
+
+
+class GraderCrashed(GraderFailed):
+    """The grader raised (kind ``grader_crashed``)."""
+
+
+class GraderTimeout(GraderFailed):
+    """The grader ran past the env's ``score_timeout_s`` (kind ``grader_timeout``)."""

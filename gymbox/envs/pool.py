@@ -60,7 +60,9 @@ class EnvPool:
 
     Each env plays one episode at a time and is reused for the next; sandbox envs made by
     ``make_env`` should share one ``SandboxPool`` (pass it as ``sandboxes=``), which gives every
-    episode a fresh sandbox. An env whose episode raised is closed and replaced.
+    episode a fresh sandbox, behind recovery (each env wraps a plain pool in
+    ``RecoveringSandboxes``; pass one yourself to share its metrics and a breaker). An env
+    whose episode raised is closed and replaced.
 
     Args:
         make_env: builds one env; a Gymnasium wrapper is unwrapped to its ``ToolEnv``.

@@ -6,8 +6,16 @@ same shape as :func:`transformers.utils.get_json_schema`. The schema is also the
 agent's arguments are checked against before the function runs: a missing, extra or ill-typed
 argument is answered with a message that tells the agent what was wrong.
 
-A tool runs on the host, or in the episode's sandbox when it takes a keyword-only parameter named
-``sandbox``: the env passes its sandbox there, and the parameter is not part of the schema.
+A tool runs in the episode's sandbox when it takes a keyword-only parameter named ``sandbox``:
+the env passes its sandbox there, and the parameter is not part of the schema. The sandbox bounds
+what the call may do (its own deadline, memory and output caps).
+
+Any other tool runs on the host, under a deadline (``timeout_s``) and an output bound
+(``max_output_chars``): a plain function runs in a worker process (:mod:`gymbox.envs.host`)
+that is killed at the deadline, so no argument the model writes can keep the host computing; it
+gets copies of what it closes over, so it cannot change the host's state. An ``async`` host
+tool runs on the env's event loop, for tools that wait (on a service, on the host's own state);
+its deadline bounds the waiting, so it must not compute for long between awaits.
 
 Example:
     >>> @tool
@@ -38,9 +46,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from gymbox.envs import host
 from gymbox.envs.errors import ToolDefinitionError
+from gymbox.runtime.result import ExecResult
 
 SANDBOX_PARAMETER = "sandbox"
+HOST_TIMEOUT_S = 10.0
+"""A host tool's deadline unless ``@tool(timeout_s=...)`` says otherwise."""
+MAX_OUTPUT_CHARS = 65_536
+"""The longest tool output an agent is shown unless ``@tool(max_output_chars=...)`` says
+otherwise (the sandbox keeps 64 KiB of each stream by default, too)."""
 
 _JSON_TYPES: dict[type, str] = {
     str: "string",
@@ -67,6 +82,9 @@ class Tool:
         schema: ``{"type": "function", "function": {...}}``, ready for a chat template.
         function: the Python function; sync or async.
         in_sandbox: True when the function takes the episode's sandbox.
+        timeout_s: a host tool's deadline (a sandbox tool's is the sandbox call's own).
+        max_output_chars: the longest output the agent is shown; the rest is cut, and the
+            agent is told how long it was.
     """
 
     name: str
@@ -74,6 +92,8 @@ class Tool:
     schema: Mapping[str, Any]
     function: Callable[..., Any]
     in_sandbox: bool
+    timeout_s: float = HOST_TIMEOUT_S
+    max_output_chars: int = MAX_OUTPUT_CHARS
 
     @property
     def parameters(self) -> Mapping[str, Any]:
@@ -106,32 +126,99 @@ class Tool:
     async def invoke(self, arguments: Mapping[str, Any], sandbox: Any = None) -> Any:
         """Run the function with checked arguments (and the sandbox, for a sandbox tool).
 
-        A sync function runs in a worker thread so that a slow tool does not stall other
-        episodes sharing the event loop.
+        A sandbox tool runs on the event loop (or, if sync, in a thread); a sync host tool in a
+        host worker process, an async one on the event loop, both under ``timeout_s``. What
+        comes back is an ``ExecResult``, or the value's ``str`` cut to ``max_output_chars``.
+
+        Raises:
+            gymbox.envs.host.HostTimeout: a host tool ran past ``timeout_s``.
+            gymbox.envs.host.HostWorkError: a sync host tool raised (``HostRaised``) or its
+                worker died (``HostCrashed``).
+            Exception: whatever an async or sandbox tool raises.
         """
         kwargs = dict(arguments)
         if self.in_sandbox:
             kwargs[SANDBOX_PARAMETER] = sandbox
+            if inspect.iscoroutinefunction(self.function):
+                output = await self.function(**kwargs)
+            else:
+                output = await asyncio.to_thread(self.function, **kwargs)
+            # An ExecResult is capped by the sandbox; anything else is cut here.
+            return output if isinstance(output, ExecResult) else cut_text(
+                str(output), self.max_output_chars)
         if inspect.iscoroutinefunction(self.function):
-            return await self.function(**kwargs)
-        return await asyncio.to_thread(self.function, **kwargs)
+            try:
+                output = await asyncio.wait_for(self.function(**kwargs), self.timeout_s)
+                return cut_text(str(output), self.max_output_chars)
+            except TimeoutError:
+                raise host.HostTimeout(
+                    f"the tool ran past its {self.timeout_s:g} s deadline and was stopped"
+                ) from None
+        return await asyncio.to_thread(host.run_on_host, _as_text, self.function,
+                                       self.max_output_chars, kwargs, timeout_s=self.timeout_s)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the underlying function directly, as if it were not decorated."""
         return self.function(*args, **kwargs)
 
 
-def tool(function: Callable[..., Any]) -> Tool:
+def cut_text(text: str, max_chars: int) -> str:
+    """``text`` if it fits in ``max_chars``, else its head and a note saying how long it was."""
+    return text if len(text) <= max_chars else text[:max_chars] + (
+        f"\n[output truncated: {len(text)} characters, the first {max_chars} shown]")
+
+
+def _as_text(function: Callable[..., Any], max_chars: int, kwargs: dict[str, Any]) -> str:
+    """Run in the host worker: the tool's value as text, cut there to what the agent is shown,
+    so that neither ``str`` of a huge value nor its transfer happens on the host."""
+    return cut_text(str(function(**kwargs)), max_chars)
+
+
+@typing.overload
+def tool(function: Callable[..., Any], /) -> Tool: ...
+
+
+@typing.overload
+def tool(*, timeout_s: float = HOST_TIMEOUT_S,
+         max_output_chars: int = MAX_OUTPUT_CHARS) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(function: Callable[..., Any] | None = None, /, *, timeout_s: float = HOST_TIMEOUT_S,
+         max_output_chars: int = MAX_OUTPUT_CHARS) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Make a typed function with a Google-style docstring into a :class:`Tool`.
 
     Every parameter except ``sandbox`` needs a type annotation (``str``, ``int``, ``float``,
     ``bool``, ``list[T]``, ``dict[str, T]``, ``Literal[...]``, or ``T | None``) and a line
-    under ``Args:``. A parameter with a default is optional.
+    under ``Args:``. A parameter with a default is optional. Use it bare (``@tool``) or with
+    bounds (``@tool(timeout_s=2, max_output_chars=1000)``).
 
     Raises:
         ToolDefinitionError: the function cannot be described to a model; the message says
             which parameter and why.
+        ValueError: ``timeout_s`` or ``max_output_chars`` is not positive.
+
+    Example:
+        >>> @tool(timeout_s=2)
+        ... def shout(text: str) -> str:
+        ...     '''Repeat the text in capitals.
+        ...
+        ...     Args:
+        ...         text: what to shout
+        ...     '''
+        ...     return text.upper()
+        >>> shout.timeout_s, shout("hi")
+        (2, 'HI')
     """
+    if not (isinstance(timeout_s, int | float) and 0 < timeout_s < float("inf")):
+        raise ValueError(f"timeout_s must be a finite positive number, got {timeout_s!r}")
+    if not (isinstance(max_output_chars, int) and max_output_chars > 0):
+        raise ValueError(f"max_output_chars must be a positive integer, got {max_output_chars!r}")
+    if function is None:
+        return lambda f: _make_tool(f, timeout_s, max_output_chars)
+    return _make_tool(function, timeout_s, max_output_chars)
+
+
+def _make_tool(function: Callable[..., Any], timeout_s: float, max_output_chars: int) -> Tool:
     name = function.__name__
     signature = inspect.signature(function)
     try:
@@ -180,7 +267,7 @@ def tool(function: Callable[..., Any]) -> Tool:
         },
     }
     return Tool(name=name, description=summary, schema=schema, function=function,
-                in_sandbox=in_sandbox)
+                in_sandbox=in_sandbox, timeout_s=timeout_s, max_output_chars=max_output_chars)
 
 
 def _parse_docstring(doc: str | None, name: str) -> tuple[str, dict[str, str]]:

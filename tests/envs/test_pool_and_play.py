@@ -87,6 +87,8 @@ class Buggy(ToolEnv):
     tools = (explode,)
 
     def draw_task(self, rng):
+        if self.np_random_seed == 6:
+            raise KeyError("bug in the env author's draw_task")
         return Task(prompt=str(self.np_random_seed), reference="0")
 
     async def score(self, answer, task, sandbox):
@@ -95,7 +97,7 @@ class Buggy(ToolEnv):
 
 async def test_one_failing_episode_never_takes_down_the_others():
     async def agent(messages, tools):
-        if messages[1]["content"] == "3":
+        if messages[1]["content"] == "3" and messages[-1]["role"] == "user":
             return '<tool_call>{"name": "explode", "arguments": {"x": 1}}</tool_call>'
         if messages[1]["content"] == "5":
             raise RuntimeError("the policy crashed")
@@ -106,9 +108,12 @@ async def test_one_failing_episode_never_takes_down_the_others():
     await pool.aclose()
     assert sorted(results) == list(range(8))
     failed = {seed for seed, r in results.items() if r.error is not None}
-    assert failed == {3, 5}
-    assert isinstance(results[3].error, KeyError) and results[3].reward_record is None
+    assert failed == {5, 6}
+    assert isinstance(results[6].error, KeyError) and results[6].reward_record is None
     assert str(results[5].error) == "the policy crashed"
+    # A tool that raises on the agent's arguments is an observation; the episode goes on.
+    tool_reply = results[3].messages[3]
+    assert tool_reply["role"] == "tool" and "KeyError" in tool_reply["content"]
     assert all(results[s].status == "completed" for s in set(range(8)) - failed)
 
 

@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import math
 import operator
 
 import numpy as np
@@ -19,8 +20,6 @@ from gymbox.envs.core import Task, ToolEnv
 from gymbox.envs.errors import InvalidOption, ToolError
 from gymbox.envs.tools import tool
 from gymbox.rewards.gold import NumericMatch
-from gymbox.rewards.record import RewardRecord
-from gymbox.runtime.sandbox import Sandbox
 
 _OPERATORS = {
     ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
@@ -29,6 +28,9 @@ _OPERATORS = {
 }
 _MAX_EXPRESSION_CHARS = 500
 _MAX_EXPONENT = 64
+_MAX_BITS = 4096
+"""Bounded evaluation: no intermediate value may exceed 4096 bits (about 1233 digits), so each
+step is cheap; the tool's deadline (it runs in a host worker) bounds the rest."""
 
 
 @tool
@@ -58,15 +60,29 @@ def _evaluate(node: ast.AST) -> int | float:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > _MAX_EXPONENT:
             raise ToolError(f"exponents above {_MAX_EXPONENT} are not supported")
+        if isinstance(node.op, ast.Pow) and _bits(left) * abs(right) > _MAX_BITS:
+            raise ToolError("the result is too large")
         try:
-            return _OPERATORS[type(node.op)](left, right)
+            value = _OPERATORS[type(node.op)](left, right)
         except ZeroDivisionError:
             raise ToolError("division by zero") from None
         except OverflowError:
             raise ToolError("the result is too large") from None
+        if _bits(value) > _MAX_BITS:
+            raise ToolError("the result is too large")
+        return value
     raise ToolError(
-        f"unsupported element {ast.unparse(node)!r}: use numbers, + - * / // % ** and parentheses"
+        f"unsupported element {ast.unparse(node)[:80]!r}: use numbers, + - * / // % ** and "
+        "parentheses"
     )
+
+
+def _bits(value: int | float | complex) -> int:
+    if isinstance(value, int):
+        return value.bit_length()
+    if isinstance(value, float) and math.isfinite(value):
+        return 0
+    return _MAX_BITS + 1  # inf, nan, and (-8) ** 0.5 (complex) are refused
 
 
 class Calculator(ToolEnv):
@@ -77,6 +93,7 @@ class Calculator(ToolEnv):
     """
 
     tools = (calculate,)
+    verifier = NumericMatch()
 
     def draw_task(self, rng: np.random.Generator, *, difficulty: int = 2) -> Task:
         if difficulty not in (1, 2, 3):
@@ -91,7 +108,3 @@ class Calculator(ToolEnv):
             reference=value,
             id=f"calculator:{expression}",
         )
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        assert task.reference is not None
-        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))

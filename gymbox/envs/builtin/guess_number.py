@@ -16,8 +16,7 @@ import numpy as np
 
 from gymbox.envs.core import Reply, Task, ToolEnv
 from gymbox.envs.errors import InvalidOption
-from gymbox.rewards.record import RewardRecord
-from gymbox.runtime.sandbox import Sandbox
+from gymbox.rewards.gold import ExactMatch
 
 _INTEGER = re.compile(r"-?\d+")
 
@@ -30,6 +29,7 @@ class GuessNumber(ToolEnv):
     Reward: gold 1.0 for finding the number within ``max_turns`` (default 10), else 0.
     """
 
+    verifier = ExactMatch()
     system_prompt = (
         "You are playing a guessing game. Each turn, reply with one whole number as your guess."
     )
@@ -53,6 +53,8 @@ class GuessNumber(ToolEnv):
         numbers = _INTEGER.findall(text)
         if not numbers:
             return Reply("Reply with a whole number.")
+        if len(numbers[-1].lstrip("-")) > 18:  # int() of thousands of digits is refused
+            return Reply("That number is far too large. Guess a whole number in the range.")
         guess = int(numbers[-1])
         assert self.task is not None and self.task.reference is not None
         secret = int(self.task.reference)
@@ -60,7 +62,4 @@ class GuessNumber(ToolEnv):
             return Reply(f"{guess} is right!", answer=str(guess))
         return Reply(f"{guess} is too {'low' if guess < secret else 'high'}. Guess "
                      f"{'higher' if guess < secret else 'lower'}.")
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        return RewardRecord.of(gold=float(answer == task.reference))
 

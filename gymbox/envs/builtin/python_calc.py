@@ -26,8 +26,6 @@ from gymbox.envs.builtin.python_math import python
 from gymbox.envs.core import Task, ToolEnv
 from gymbox.envs.errors import InvalidOption
 from gymbox.rewards.gold import NumericMatch
-from gymbox.rewards.record import RewardRecord
-from gymbox.runtime.sandbox import Sandbox
 
 OPERATORS = ("+", "-", "*")
 
@@ -41,6 +39,7 @@ class PythonCalc(ToolEnv):
     """
 
     tools = (python,)
+    verifier = NumericMatch()
 
     def draw_task(self, rng: np.random.Generator, *, operations: int = 2) -> Task:
         if operations not in (1, 2, 3):
@@ -54,10 +53,6 @@ class PythonCalc(ToolEnv):
             data={"expression": expression},
             id=f"python_calc:{expression}",
         )
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        assert task.reference is not None
-        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
 
     def demonstrate(self) -> str:
         """The expert's turn: run the expression, then answer with what the last run printed."""

@@ -17,15 +17,14 @@ from gymbox.envs.core import Task, ToolEnv
 from gymbox.envs.errors import InvalidOption
 from gymbox.envs.tools import tool
 from gymbox.rewards.gold import NumericMatch
-from gymbox.rewards.record import RewardRecord
+from gymbox.runtime.api import SandboxAPI
 from gymbox.runtime.result import ExecResult
-from gymbox.runtime.sandbox import Sandbox
 
 CODE_TIMEOUT_S = 10.0
 
 
 @tool
-async def python(code: str, *, sandbox: Sandbox) -> ExecResult:
+async def python(code: str, *, sandbox: SandboxAPI) -> ExecResult:
     """Run Python code in a persistent interpreter and return what it printed.
 
     Names defined in one call stay defined in the next. The value of a final expression is
@@ -111,6 +110,7 @@ class PythonMath(ToolEnv):
     """
 
     tools = (python,)
+    verifier = NumericMatch()
 
     def draw_task(self, rng: np.random.Generator, *, template: str | None = None) -> Task:
         if template is None:
@@ -121,7 +121,3 @@ class PythonMath(ToolEnv):
         reference = str(answer.numerator) if answer.denominator == 1 else str(float(answer))
         return Task(prompt=question + " Give the number only as the final answer.",
                     reference=reference, id=f"python_math:{template}:{_digest(question)}")
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        assert task.reference is not None
-        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))

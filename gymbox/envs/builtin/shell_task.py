@@ -17,15 +17,15 @@ from gymbox.envs.core import Task, ToolEnv
 from gymbox.envs.errors import InvalidOption
 from gymbox.envs.tools import tool
 from gymbox.rewards.record import RewardRecord
+from gymbox.runtime.api import SandboxAPI
 from gymbox.runtime.result import ExecResult
-from gymbox.runtime.sandbox import Sandbox
 
 COMMAND_TIMEOUT_S = 10.0
 _WORDS = ("alpha", "bravo", "delta", "echo", "kilo", "lima", "oscar", "romeo", "tango", "zulu")
 
 
 @tool
-async def shell(command: str, *, sandbox: Sandbox) -> ExecResult:
+async def shell(command: str, *, sandbox: SandboxAPI) -> ExecResult:
     """Run a shell command (/bin/sh) in the working directory and return its output.
 
     Each call starts a new shell, so `cd` does not carry over; each may run for 10 seconds.
@@ -94,9 +94,8 @@ class ShellTask(ToolEnv):
     """
 
     tools = (shell,)
-    system_prompt = ToolEnv.system_prompt.replace(
-        "write your final answer as <answer>...</answer>",
-        "write <answer>done</answer>; the files you leave behind are checked",
+    answer_instruction = (
+        "When you are done, write <answer>done</answer>; the files you leave behind are checked."
     )
 
     def draw_task(self, rng: np.random.Generator, *, chore: str | None = None) -> Task:
@@ -108,11 +107,11 @@ class ShellTask(ToolEnv):
         return Task(prompt=instruction, data={"inputs": inputs, "expected": expected},
                     id=f"shell_task:{chore}:{_digest(inputs)}")
 
-    async def setup(self, task: Task, sandbox: Sandbox) -> None:
+    async def setup(self, task: Task, sandbox: SandboxAPI) -> None:
         for path, content in task.data["inputs"].items():
             await sandbox.write_file(path, content)
 
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
+    async def score(self, answer: str, task: Task, sandbox: SandboxAPI | None) -> RewardRecord:
         assert sandbox is not None
         expected: Mapping[str, str] = task.data["expected"]
         for path, content in expected.items():
