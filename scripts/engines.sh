@@ -122,7 +122,24 @@ stop_one() {
   pid=$(dockerd_pid "$i")
   if [[ -n $pid ]]; then kill -TERM "$pid" 2>/dev/null || true; else signal_engine "$i" TERM; fi
   wait_gone "$i"
+  reap_orphans "$i"
   rm -f "$(dir_of "$i")/docker.sock"
+}
+
+# After a `kill`, shims of the dead containerd can outlive every restart (their containerd is
+# gone), holding their containers' mounts: end the ones whose containerd address is this
+# engine's, and unmount what this engine's directories still have mounted.
+reap_orphans() {
+  local i=$1 exec_dir pid
+  exec_dir="$(dir_of "$i")/exec/"
+  for pid in $(pgrep -f containerd-shim || true); do
+    if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "-address $exec_dir"; then
+      say "engine $i: ending orphaned shim $pid"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  done
+  awk -v d="$(dir_of "$i")/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r |
+    while read -r mount; do umount -l "$mount" 2>/dev/null || true; done
 }
 
 engines() { # the engine numbers that have a directory

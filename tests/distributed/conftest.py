@@ -13,6 +13,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,12 +22,14 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="the [ray] extra is not installed")
 
+from gymbox.distributed import ScaleConfig, containers_on_engines, gc_engines  # noqa: E402
 from gymbox.distributed.engines import EngineConfig  # noqa: E402
 from gymbox.distributed.local_cluster import LocalCluster  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ENGINES_SH = REPO / "scripts" / "engines.sh"
 ENGINES = 2
+RESTART_CLEANUP_S = 60.0
 
 pytestmark = pytest.mark.ray
 
@@ -47,6 +50,23 @@ class Rig:
 
     def engines(self, *, pool_size: int = 2) -> list[EngineConfig]:
         return [self.engine(i, pool_size=pool_size) for i in range(1, self.count + 1)]
+
+    def scale(self) -> ScaleConfig:
+        return ScaleConfig(ray_address=self.cluster.address, engines=tuple(self.engines()))
+
+    def assert_clean(self) -> None:
+        """No gymbox container on any engine once a run is over and the reaper has run. A
+        restarted engine removes its dead auto-remove containers itself, in its own time
+        (seconds): allowed up to RESTART_CLEANUP_S."""
+        empty = {e.name: [] for e in self.engines()}
+        deadline = time.monotonic() + RESTART_CLEANUP_S
+        while True:
+            gc_engines(self.scale())
+            left = containers_on_engines(self.scale())
+            if left == empty or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
+        assert left == empty, left
 
     def script(self, *args: str) -> None:
         env = {**os.environ, "GYMBOX_ENGINES_DIR": str(self.engines_dir)}

@@ -18,13 +18,13 @@ import ray
 from transformers import AutoTokenizer
 
 from gymbox.agents.rollout import Budget, Trajectory, demonstrate
-from gymbox.distributed import EngineSet, ScaleConfig, containers_on_engines, gc_engines
+from gymbox.distributed import EngineSet, ScaleConfig, containers_on_engines
 from gymbox.envs.builtin.python_calc import PythonCalc
 from gymbox.runtime import errors
 from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.recovery import RecoveringSandboxes, ReplayDiverged
 
-pytestmark = [pytest.mark.ray, pytest.mark.docker, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(900)]
 
 BUDGET = Budget(max_tokens=512, max_turns=2)
 INFRA_KINDS = {cls("").kind for cls in (
@@ -74,14 +74,6 @@ def assert_honest(played: list[Trajectory]) -> None:
             assert t.status == "infra_failed" and t.reward.reason in INFRA_KINDS, t.reward
 
 
-def assert_clean(rig) -> None:
-    """No gymbox container on any engine once the run is over and the reaper has run."""
-    scale = ScaleConfig(ray_address=rig.cluster.address, engines=tuple(rig.engines()))
-    gc_engines(scale)
-    left = containers_on_engines(scale)
-    assert left == {e.name: [] for e in rig.engines()}, left
-
-
 def test_episodes_spread_over_engines_and_nothing_leaks(rig, tokenizer):
     async def main():
         async with EngineSet(rig.engines()) as pool:
@@ -128,7 +120,7 @@ def test_an_engine_killed_mid_episode_is_drained_and_its_episodes_recover(rig, t
     assert sum(t.valid for t in played) >= len(played) - 1
     assert trips >= 1 and metrics["engine/e2/failures"] >= 1, metrics
     assert metrics["engine/e1/sandboxes"] > metrics["engine/e2/sandboxes"], metrics
-    assert_clean(rig)
+    rig.assert_clean()
 
 
 def test_a_dead_worker_is_masked_or_recovered_and_the_reaper_collects_its_sandboxes(
@@ -157,8 +149,10 @@ def test_a_dead_worker_is_masked_or_recovered_and_the_reaper_collects_its_sandbo
     assert_honest(played)
     assert state == "dead"
     assert sum(recovery.recovered.values()) >= 1, recovery
-    # The killed worker could not remove its sandboxes; the reaper does, on its engine.
+    # The killed worker could not remove its sandboxes: what its lease has not ended yet is
+    # on e1 under its (dead) pid, and the reaper removes it there.
     scale = ScaleConfig(ray_address=rig.cluster.address, engines=tuple(rig.engines()))
-    reaped = gc_engines(scale)
-    assert reaped["e1"], reaped
-    assert containers_on_engines(scale) == {"e1": [], "e2": []}
+    dead_pid = str(pools[0].lanes[0].info.pid)
+    assert all(c["gymbox.owner_pid"] == dead_pid
+               for c in containers_on_engines(scale)["e1"])
+    rig.assert_clean()
