@@ -1,0 +1,123 @@
+"""The ``[scale]`` section of a run config, and the one function ``gymbox train`` calls with it.
+
+With ``ray_address`` empty (the default) nothing here runs: sandboxes come from the in-process
+pool on the local engine. With an address, :func:`scaled_sandboxes` joins that Ray cluster,
+starts one :class:`~gymbox.distributed.worker.EngineWorker` actor per engine and gives the run
+a :class:`~gymbox.runtime.recovery.RecoveringSandboxes` over them — the same source type the
+in-process path uses, so envs, rollouts and the learner do not change.
+
+Example (a run config)::
+
+    [scale]
+    ray_address = "127.0.0.1:6379"
+    [[scale.engines]]
+    name = "e1"
+    resource = "gymbox_engine_e1"      # the node whose DOCKER_HOST is engine e1
+    [[scale.engines]]
+    name = "remote"
+    docker_host = "tcp://10.0.0.7:2376"
+    tls = { ca_cert = "/etc/gymbox/ca.pem", client_cert = "/etc/gymbox/cert.pem",
+            client_key = "/etc/gymbox/key.pem" }
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import ray
+
+from gymbox.distributed.engines import EngineConfig, check_engines, discover_engines
+from gymbox.distributed.source import EngineSet
+from gymbox.distributed.worker import gymbox_containers, reap_engine
+from gymbox.runtime.breaker import InfraCircuitBreaker
+from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
+from gymbox.runtime.spec import SandboxSpec
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Scale-out of a run's sandboxes over Docker engines, on Ray.
+
+    Attributes:
+        ray_address: the Ray cluster to join (``"auto"``, ``"host:port"``); empty: no
+            scale-out, sandboxes run on the local engine in-process.
+        engines: the engines to use; empty: one per Ray node that advertises a
+            ``gymbox_engine_<name>`` resource (:func:`discover_engines`).
+        pool_size: warm sandboxes per discovered engine.
+        trip_after: consecutive infra failures on one engine that drain it for a while.
+    """
+
+    ray_address: str = ""
+    engines: tuple[EngineConfig, ...] = ()
+    pool_size: int = 4
+    trip_after: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ray_address)
+
+    def resolve_engines(self) -> tuple[EngineConfig, ...]:
+        """The configured engines, or those the connected cluster's nodes advertise."""
+        engines = self.engines or tuple(discover_engines(ray.nodes(), pool_size=self.pool_size))
+        check_engines(engines)
+        return engines
+
+
+@contextlib.contextmanager
+def joined(address: str):
+    """Ray connected to ``address`` for the block (left alone if already connected)."""
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(address=address, log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@contextlib.asynccontextmanager
+async def scaled_sandboxes(scale: ScaleConfig, *, spec: SandboxSpec | None = None,
+                           policy: RecoveryPolicy | None = None,
+                           breaker: InfraCircuitBreaker | None = None,
+                           ) -> AsyncIterator[RecoveringSandboxes]:
+    """Sandboxes spread over ``scale``'s engines, recovering across them, for one run.
+
+    Yields a :class:`RecoveringSandboxes` whose ``source`` is the :class:`EngineSet` (its
+    ``metrics()`` gives per-engine counts for the metrics line).
+
+    Raises:
+        ConfigurationError: no engines, repeated names, bad TLS files.
+        EngineUnavailable: no engine could be reached.
+    """
+    with joined(scale.ray_address):
+        async with EngineSet(scale.resolve_engines(), spec, trip_after=scale.trip_after) as pool:
+            yield RecoveringSandboxes(pool, policy, breaker=breaker)
+
+
+def gc_engines(scale: ScaleConfig, *, everything: bool = False) -> dict[str, list[str]]:
+    """``gymbox gc`` on every engine of ``scale``, each run on the node that reaches it:
+    engine name → the containers removed (``"<id>: <reason>"``)."""
+    with joined(scale.ray_address):
+        engines = scale.resolve_engines()
+        return dict(zip((e.name for e in engines),
+                        ray.get([_on_node(reap_engine, e).remote(e, everything=everything)
+                                 for e in engines]), strict=True))
+
+
+def containers_on_engines(scale: ScaleConfig) -> dict[str, list[dict[str, str]]]:
+    """Engine name → the labels of every gymbox container on it (for leak checks)."""
+    with joined(scale.ray_address):
+        engines = scale.resolve_engines()
+        return dict(zip((e.name for e in engines),
+                        ray.get([_on_node(gymbox_containers, e).remote(e) for e in engines]),
+                        strict=True))
+
+
+def _on_node(function, engine: EngineConfig):
+    options = {"num_cpus": 0, "max_retries": 0}
+    if engine.resource is not None:
+        options["resources"] = {engine.resource: 0.001}
+    return ray.remote(function).options(**options)
