@@ -128,8 +128,8 @@ class GymboxRollout:
         if pool_size < 1:
             raise ValueError(f"pool_size must be at least 1, got {pool_size}")
         if max_concurrent_episodes is not None and max_concurrent_episodes < 1:
-            raise ValueError(
-                f"max_concurrent_episodes must be at least 1 or None, got {max_concurrent_episodes}")
+            raise ValueError("max_concurrent_episodes must be at least 1 or None, "
+                             f"got {max_concurrent_episodes}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0 for RL sampling, got {temperature}")
         self.env_id = env
