@@ -69,7 +69,9 @@ def train_config(args: argparse.Namespace, run_dir: str):
 
 
 def run_gymbox(args: argparse.Namespace, run_dir: str) -> dict[str, Any]:
-    from gymbox.agents import train as train_module
+    import importlib
+
+    train_module = importlib.import_module("gymbox.agents.train")  # the module, not train()
 
     counts = {"episodes": 0, "model_tokens": 0, "valid": 0}
     loop_s = [0.0]

@@ -115,3 +115,28 @@ def test_mask_invalid_keeps_other_reward_functions_from_scoring_a_masked_episode
     statuses = ["completed", "infra_failed", "truncated"]
     assert masked(["a", "b", "c"], **{STATUS_FIELD: statuses}) == [1.0, None, 1.0]
     assert masked.__name__ == "always_one"
+
+
+def test_an_episode_broken_mid_way_gives_trl_no_token_to_train_on(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from gymbox.agents.rollout import Trajectory
+    from gymbox.integrations.trl import _row
+    from gymbox.rewards.record import RewardRecord
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids, mask = (1, 2, 3, 4, 5, 6, 7), (0, 0, 1, 1, 0, 1, 1)
+
+    def episode(status: str, record: RewardRecord) -> Trajectory:
+        zeros = torch.zeros(len(ids))
+        return Trajectory(ids, mask, torch.arange(len(ids), dtype=torch.float32), zeros, zeros,
+                          prompt_length=2, status=status, reward=record, answer=None, turns=2,
+                          seed=0, temperature=1.0, messages=[], info={})
+
+    prompt, completion, env_mask, logprobs = _row(
+        episode("completed", RewardRecord.of(gold=1.0)), "q", tokenizer)
+    assert (prompt, completion, env_mask) == ([1, 2], [3, 4, 5, 6, 7], [1, 1, 0, 1, 1])
+    assert logprobs == [2.0, 3.0, 4.0, 5.0, 6.0]
+    _, completion, env_mask, _ = _row(
+        episode("infra_failed", RewardRecord.invalid("sandbox_died")), "q", tokenizer)
+    assert completion == [3, 4, 5, 6, 7] and env_mask == [0, 0, 0, 0, 0]
