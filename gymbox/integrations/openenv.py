@@ -52,7 +52,7 @@ from gymbox.agents.train import TrainConfig, make_env_factory
 from gymbox.envs.core import ToolEnv
 from gymbox.runtime.backend import Backend
 from gymbox.runtime.breaker import InfraCircuitBreaker
-from gymbox.runtime.errors import InfraError
+from gymbox.runtime.errors import ConfigurationError, InfraError
 from gymbox.runtime.pool import SandboxPool
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 from gymbox.runtime.spec import SandboxSpec
@@ -187,7 +187,8 @@ class GymboxServer:
             and :class:`~gymbox.runtime.recovery.RecoveringSandboxes`; defaults when None.
 
     Raises:
-        ConfigurationError: ``env_id`` is not a registered gymbox env.
+        ConfigurationError: ``env_id`` is not a registered gymbox env; from :meth:`serve`, the
+            address cannot be listened on.
         ValueError: ``max_sessions`` or ``pool_size`` below 1.
 
     Example::
@@ -249,6 +250,13 @@ class GymboxServer:
             announce = asyncio.create_task(self._announce(on_ready))
             try:
                 await self._server.serve()
+            except SystemExit:
+                if self._server.started:
+                    raise
+                # uvicorn has logged why (an address in use...) and exits; say what to do.
+                raise ConfigurationError(
+                    f"the OpenEnv server could not listen on {self.host}:{self.port} (see the "
+                    "error above); choose another --host/--port") from None
             finally:
                 announce.cancel()
                 self.url = None
