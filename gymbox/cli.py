@@ -107,6 +107,28 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0 if info.get("status") != "infra_failed" else 1
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve an env over the OpenEnv protocol until Ctrl-C (see docs/integrations.md)."""
+    import asyncio
+
+    try:
+        from gymbox.integrations.openenv import GymboxServer
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("openenv"):
+            raise
+        raise GymboxError("`gymbox serve` needs openenv-core: pip install openenv-core==0.3.0"
+                          ) from exc
+    try:
+        server = GymboxServer(args.env_id, host=args.host, port=args.port,
+                              max_sessions=args.max_sessions, pool_size=args.pool_size)
+    except ValueError as exc:
+        raise GymboxError(str(exc)) from exc
+    asyncio.run(server.serve(on_ready=lambda url: console.print(
+        f"serving {server.env_id} on {url} (OpenEnv protocol, WebSocket {url}/ws); "
+        "Ctrl-C stops")))
+    return 0
+
+
 def _train_config(args: argparse.Namespace):
     from gymbox.agents.config import load_config
     from gymbox.agents.train import TrainConfig
@@ -202,6 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
                       "import MODULE first (examples.sql_env:examples/ShopSQL-v0)")
     play.add_argument("--seed", type=int, help="task seed")
     play.set_defaults(run=cmd_play)
+
+    serve = commands.add_parser("serve", help="serve an env over the OpenEnv protocol")
+    serve.add_argument("env_id", help="e.g. gymbox/PythonCalc-v0, or module:Env-v0")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (%(default)s)")
+    serve.add_argument("--port", type=int, default=8000, help="port (%(default)s; 0: any free)")
+    serve.add_argument("--max-sessions", dest="max_sessions", type=int, default=8,
+                       help="concurrent client sessions (%(default)s)")
+    serve.add_argument("--pool-size", dest="pool_size", type=int, default=4,
+                       help="warm sandboxes (%(default)s)")
+    serve.set_defaults(run=cmd_serve)
 
     train = commands.add_parser("train", help="train a policy with RL")
     _add_run_options(train)
