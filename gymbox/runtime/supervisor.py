@@ -136,56 +136,58 @@ class Capped:
         )
 
 
-def read_number(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return None if text == "max" else int(text)
-    except (OSError, ValueError):
-        return None
-
-
-def read_stat(path, name):
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == name:
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 class Gauges:
-    """How close the sandbox is to its memory, pids and tmpfs limits (cgroup v2 or v1)."""
+    """How close the sandbox is to its memory, pids and tmpfs limits (cgroup v2 or v1).
+
+    The cgroup files stay open and are re-read with ``pread`` (a cgroup file regenerates at
+    offset 0): a report goes with every answer, so it must cost little."""
 
     def __init__(self, tmpfs):
         self.tmpfs = tmpfs
         v2 = os.path.exists("/sys/fs/cgroup/memory.current")
-        root = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/memory/"
-        self.memory = (root + ("memory.current" if v2 else "memory.usage_in_bytes"),
-                       root + ("memory.max" if v2 else "memory.limit_in_bytes"),
-                       root + "memory.stat", "inactive_file" if v2 else "total_inactive_file")
+        memory = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/memory/"
         pids = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/pids/"
-        self.pids = (pids + "pids.current", pids + "pids.max")
+        self.inactive_key = b"\ninactive_file " if v2 else b"\ntotal_inactive_file "
+        self.fds = {}
+        for name, path in (
+                ("memory", memory + ("memory.current" if v2 else "memory.usage_in_bytes")),
+                ("memory_max", memory + ("memory.max" if v2 else "memory.limit_in_bytes")),
+                ("memory_stat", memory + "memory.stat"),
+                ("pids", pids + "pids.current"), ("pids_max", pids + "pids.max")):
+            with contextlib.suppress(OSError):
+                self.fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, name, size=64):
+        fd = self.fds.get(name)
+        if fd is None:
+            return b""
+        try:
+            return os.pread(fd, size, 0)
+        except OSError:
+            return b""
+
+    def number(self, name):
+        text = self.read(name).strip()
+        return int(text) if text.isdigit() else None
 
     def report(self):
-        return {"memory": self.memory_fraction(), "pids": self.fraction(*self.pids),
+        return {"memory": self.memory_fraction(), "pids": self.fraction("pids", "pids_max"),
                 "tmpfs": {mount: self.fill(mount) for mount in self.tmpfs}}
 
     def memory_fraction(self):
-        current, limit, stat_path, inactive = self.memory
-        used, cap = read_number(current), read_number(limit)
+        used, cap = self.number("memory"), self.number("memory_max")
         if used is None or not cap or cap > 1 << 60:
             return None
         # Inactive page cache is reclaimed before anything is killed: it is not pressure.
-        used -= read_stat(stat_path, inactive) or 0
+        stat = b"\n" + self.read("memory_stat", 8192)
+        at = stat.find(self.inactive_key)
+        if at >= 0:
+            value = stat[at + len(self.inactive_key):].split(b"\n", 1)[0]
+            used -= int(value) if value.isdigit() else 0
         return round(max(0, used) / cap, 3)
 
-    @staticmethod
-    def fraction(current, limit):
-        used, cap = read_number(current), read_number(limit)
+    def fraction(self, current, limit):
+        used, cap = self.number(current), self.number(limit)
         return round(used / cap, 3) if used is not None and cap else None
 
     @staticmethod
