@@ -214,5 +214,5 @@ async def test_an_async_host_tool_is_stopped_at_its_deadline():
         return "done"
 
     assert await wait.invoke({"seconds": 0.0}) == "done"
-    with pytest.raises(HostTimeout, match="ran past its 0.2 s deadline"):
+    with pytest.raises(HostTimeout, match=r"ran past its 0\.2 s deadline"):
         await wait.invoke({"seconds": 60.0})
