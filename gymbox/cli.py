@@ -52,11 +52,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     local = "bubblewrap" if bwrap else "a plain host subprocess"
     console.print(f"engine   [red]unreachable[/]: no Docker engine answers at {found.address}")
     console.print(f"         ({found.error})")
-    console.print(
-        f"backend  local fallback ({local}) — NOT a security boundary; "
-        "run untrusted agent code only with an engine"
-    )
+    console.print("backend  none: gymbox will not run sandboxes (EngineUnavailable); it never "
+                  "falls back to the host on its own")
     console.print(f"fix      {engine.START_HINT}")
+    console.print(f"         or ask for the local backend by name, GYMBOX_BACKEND=local ({local}"
+                  "): NOT a security boundary, for trusted code only")
     return 1
 
 

@@ -25,27 +25,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter, deque
-from dataclasses import dataclass
 
 from gymbox.runtime.errors import GymboxError
+from gymbox.runtime.retry import Backoff
 
 log = logging.getLogger(__name__)
+
+ADMIT_BACKOFF = Backoff()
+"""How long a gated episode waits: 0.5 s, doubling, at most 30 s."""
 
 
 class InfraFailureRateExceeded(GymboxError):
     """Too many episodes are failing for infrastructure reasons to keep training honestly."""
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential wait: ``initial · factor^k`` seconds for the k-th consecutive wait, capped."""
-
-    initial_s: float = 0.5
-    factor: float = 2.0
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.max_s, self.initial_s * self.factor**attempt)
 
 
 class InfraCircuitBreaker:
@@ -66,7 +57,7 @@ class InfraCircuitBreaker:
         min_episodes: int = 10,
         slow_down_rate: float = 0.25,
         stop_rate: float = 0.6,
-        backoff: Backoff = Backoff(),
+        backoff: Backoff = ADMIT_BACKOFF,
     ) -> None:
         if not 0 < slow_down_rate <= stop_rate <= 1:
             raise ValueError("need 0 < slow_down_rate <= stop_rate <= 1")

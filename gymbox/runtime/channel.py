@@ -10,13 +10,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import struct
 import time
 from typing import Any
 
+from gymbox.runtime import wire
 from gymbox.runtime.backend import Link
-
-HEADER = struct.Struct(">I")
 
 
 class LinkLost(Exception):
@@ -80,8 +78,7 @@ class Channel:
         future = asyncio.get_running_loop().create_future()
         self._pending[rid] = future
         body = json.dumps({"id": rid, "op": op, **fields}, separators=(",", ":")).encode()
-        self._outbox += HEADER.pack(len(body))
-        self._outbox += body
+        self._outbox += wire.frame(body)
         self._batch.append(rid)
         if not self._flush_scheduled:
             # Requests made in the same loop turn leave in one write (one proxy wake-up).
@@ -129,12 +126,7 @@ class Channel:
                     raise LinkLost("the supervisor stream ended", sent=True)
                 self.last_heard = time.monotonic()
                 buffer += chunk
-                while len(buffer) >= HEADER.size:
-                    (size,) = HEADER.unpack_from(buffer)
-                    if len(buffer) < HEADER.size + size:
-                        break
-                    body = bytes(buffer[HEADER.size : HEADER.size + size])
-                    del buffer[: HEADER.size + size]
+                for body in wire.bodies(buffer):
                     self._deliver(body)
         except asyncio.CancelledError:
             raise

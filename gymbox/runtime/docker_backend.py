@@ -7,8 +7,8 @@ the image has no python3), so an agent holding the pids limit cannot end it. The
 then started with one ``docker exec`` whose stdin/stdout stay attached for the container's life.
 
 Every sandbox of a spec looks the same from inside: the same hostname, user, paths and
-environment, and the same sequence of process ids (the python3 probe runs at every launch), so
-a replacement replays the journal as the original ran it.
+environment, and the same sequence of process ids (the supervisor starts them at a fixed
+number), so a replacement replays the journal as the original ran it.
 
 When a call fails, :meth:`DockerInstance.postmortem` asks the engine what it saw (the
 container's record and its events around the call): the evidence that
@@ -21,7 +21,6 @@ import asyncio
 import json
 import logging
 import socket
-import struct
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import docker
 import docker.errors
 from docker.types import Ulimit
 
-from gymbox.runtime import cleanup, engine
+from gymbox.runtime import cleanup, engine, wire
 from gymbox.runtime.attribution import Evidence, Record
 from gymbox.runtime.backend import InstanceState, Link
 from gymbox.runtime.classify import classify, control_call, is_connection_error
@@ -73,7 +72,6 @@ LEASE_WATCH = (
 EVENT_WINDOW_S = 5.0
 """How far before a failed call's start the engine's events are read (a strike on the call
 lands after it was sent, but the clocks of host and engine may differ a little)."""
-MUX_HEADER = struct.Struct(">BxxxI")
 # Reads exactly argv[1] bytes of supervisor source from stdin (raw reads: nothing read ahead
 # of the frames that follow), then runs it with the config as its argv[1].
 BOOTSTRAP = (
@@ -103,8 +101,8 @@ class DockerLink:
     async def read(self) -> bytes:
         while True:
             try:
-                header = await self._reader.readexactly(MUX_HEADER.size)
-                stream, size = MUX_HEADER.unpack(header)
+                header = await self._reader.readexactly(wire.MUX_HEADER.size)
+                stream, size = wire.MUX_HEADER.unpack(header)
                 payload = await self._reader.readexactly(size)
             except asyncio.IncompleteReadError:
                 return b""
@@ -268,18 +266,16 @@ class DockerBackend:
     async def _link(self, client: docker.DockerClient, spec: SandboxSpec,
                     container_id: str, own_execs: set[str]) -> Link:
         """The supervisor's link; the ids of the execs it took go to ``own_execs``."""
-        # Every launch probes, not only the first: the probe uses a process id, and a sandbox
-        # must hand the agent the same ones as the sandbox it replaces.
-        probe = await control_call(
-            lambda: client.api.exec_create(container_id, ["python3", "-c", ""])["Id"],
-            doing="looking for python3 in the image", deadline_s=self.control_deadline_s)
-        own_execs.add(probe)
-        await control_call(lambda: client.api.exec_start(probe),
-                           doing="looking for python3 in the image", deadline_s=0)
-        code = (await control_call(lambda: client.api.exec_inspect(probe),
-                                   doing="looking for python3 in the image",
-                                   deadline_s=self.control_deadline_s))["ExitCode"]
         if spec.image not in self._has_python:
+            probe = await control_call(
+                lambda: client.api.exec_create(container_id, ["python3", "-c", ""])["Id"],
+                doing="looking for python3 in the image", deadline_s=self.control_deadline_s)
+            own_execs.add(probe)
+            await control_call(lambda: client.api.exec_start(probe),
+                               doing="looking for python3 in the image", deadline_s=0)
+            code = (await control_call(lambda: client.api.exec_inspect(probe),
+                                       doing="looking for python3 in the image",
+                                       deadline_s=self.control_deadline_s))["ExitCode"]
             self._has_python[spec.image] = code == 0
             if code != 0:
                 log.warning("%s has no python3: every call will be one `docker exec` "
@@ -353,7 +349,8 @@ class DockerBackend:
         config = {
             "agent_uid": spec.agent_uid, "agent_gid": spec.agent_uid,
             "workdir": WORKSPACE, "env": dict(spec.env), "lease_path": LEASE_PATH,
-            "sweep_uid": True, "oom_events": True, "tmpfs": list(spec.tmpfs),
+            "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True, "align_pids": True,
+            "tmpfs": list(spec.tmpfs),
         }
         source = SUPERVISOR_SOURCE.encode()
         exec_id = client.api.exec_create(

@@ -26,19 +26,17 @@ import json
 import logging
 import os
 import socket
-import struct
 import time
 from collections.abc import Callable
 from typing import Any
 
 import docker
 
+from gymbox.runtime import wire
 from gymbox.runtime.supervisor import Capped
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct(">I")
-MUX_HEADER = struct.Struct(">BxxxI")
 TIMED_OUT_BY_TERM = 124  # what coreutils `timeout` exits with when it had to send SIGTERM
 WRITE_SCRIPT = 'mkdir -p "$(dirname "$1")" && cat > "$1" && chmod "$2" "$1"'
 LIST_SCRIPT = "find \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\t%y\\t%s\\n'"
@@ -69,12 +67,8 @@ class ExecPerCallLink:
         if self._closed:
             raise ConnectionError("the exec-per-call link is closed")
         self._inbox += data
-        while len(self._inbox) >= HEADER.size:
-            (size,) = HEADER.unpack_from(self._inbox)
-            if len(self._inbox) < HEADER.size + size:
-                break
-            request = json.loads(bytes(self._inbox[HEADER.size : HEADER.size + size]))
-            del self._inbox[: HEADER.size + size]
+        for body in wire.bodies(self._inbox):
+            request = json.loads(body)
             task = asyncio.get_running_loop().create_task(self._serve(request))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -88,7 +82,7 @@ class ExecPerCallLink:
 
     def _send(self, message: dict[str, Any]) -> None:
         body = json.dumps(message, separators=(",", ":")).encode()
-        self._outbox.put_nowait(HEADER.pack(len(body)) + body)
+        self._outbox.put_nowait(wire.frame(body))
 
     async def _serve(self, request: dict[str, Any]) -> None:
         try:
@@ -188,12 +182,12 @@ class ExecPerCallLink:
                 if not chunk:
                     break
                 buffered += chunk
-                while len(buffered) >= MUX_HEADER.size:
-                    stream, size = MUX_HEADER.unpack_from(buffered)
-                    if len(buffered) < MUX_HEADER.size + size:
+                while len(buffered) >= wire.MUX_HEADER.size:
+                    stream, size = wire.MUX_HEADER.unpack_from(buffered)
+                    if len(buffered) < wire.MUX_HEADER.size + size:
                         break
-                    payload = buffered[MUX_HEADER.size : MUX_HEADER.size + size]
-                    buffered = buffered[MUX_HEADER.size + size :]
+                    payload = buffered[wire.MUX_HEADER.size : wire.MUX_HEADER.size + size]
+                    buffered = buffered[wire.MUX_HEADER.size + size :]
                     (out if stream == 1 else err).feed(payload)
         finally:
             sock.close()

@@ -48,7 +48,6 @@ import enum
 import json
 import math
 import random
-import struct
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping
@@ -58,13 +57,12 @@ from typing import Any, Protocol
 
 import docker.errors
 
+from gymbox.runtime import wire
 from gymbox.runtime.attribution import Evidence
 from gymbox.runtime.backend import Backend, Instance, InstanceState, Link
 from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import EngineUnavailable, InvalidRequest
 from gymbox.runtime.spec import SandboxSpec
-
-HEADER = struct.Struct(">I")
 
 
 class FaultKind(enum.StrEnum):
@@ -471,7 +469,7 @@ class FaultyLink:
     def write(self, data: bytes) -> None:
         self._inner.write(data)
         self._outgoing += data
-        for frame in _split_frames(self._outgoing):
+        for frame in wire.frames(self._outgoing):
             request = _frame_json(frame)
             kind = self._injector.decide(request) if request is not None else None
             if kind is None or request is None:
@@ -527,8 +525,8 @@ class FaultyLink:
     def _pass_frames(self) -> bytes:
         """Complete frames from the buffer, each as the faults on its request leave it."""
         out = bytearray()
-        for frame in _split_frames(self._buffer):
-            size = len(frame) - HEADER.size
+        for frame in wire.frames(self._buffer):
+            size = len(frame) - wire.HEADER.size
             message = _frame_json(frame)
             rid = message.get("id") if message is not None else None
             if message is not None and message.get("event") == "ready":
@@ -537,9 +535,9 @@ class FaultyLink:
             if kind is None:
                 out += frame
             elif kind is FaultKind.GARBLE_RESPONSE:
-                out += frame[: HEADER.size] + _garbage(size)
+                out += frame[: wire.HEADER.size] + _garbage(size)
             elif kind is FaultKind.TRUNCATE_RESPONSE:
-                out += frame[: HEADER.size + size // 2]
+                out += frame[: wire.HEADER.size + size // 2]
                 self._ended = True
                 self._buffer.clear()
                 break
@@ -548,20 +546,9 @@ class FaultyLink:
         return bytes(out)
 
 
-def _split_frames(buffer: bytearray) -> Iterator[bytes]:
-    """Take the complete frames off the front of ``buffer``, one by one."""
-    while len(buffer) >= HEADER.size:
-        (size,) = HEADER.unpack_from(buffer)
-        if len(buffer) < HEADER.size + size:
-            return
-        frame = bytes(buffer[: HEADER.size + size])
-        del buffer[: HEADER.size + size]
-        yield frame
-
-
 def _frame_json(frame: bytes) -> dict[str, Any] | None:
     try:
-        message = json.loads(frame[HEADER.size :])
+        message = json.loads(frame[wire.HEADER.size :])
     except ValueError:
         return None
     return message if isinstance(message, dict) else None

@@ -29,8 +29,8 @@ from asyncio_throttle import Throttler
 
 from gymbox.runtime.backend import Backend, Instance
 from gymbox.runtime.backends import select_backend
-from gymbox.runtime.breaker import Backoff
 from gymbox.runtime.errors import ConfigurationError, GymboxError, InfraError, InvalidRequest
+from gymbox.runtime.retry import Backoff
 from gymbox.runtime.sandbox import Sandbox
 from gymbox.runtime.spec import SandboxSpec
 

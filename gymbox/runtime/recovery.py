@@ -65,9 +65,10 @@ from typing import Any
 
 from gymbox.runtime.api import SandboxAPI, SandboxSource
 from gymbox.runtime.attribution import Cause, attribute
-from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker
+from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.result import ExecResult
+from gymbox.runtime.retry import Backoff
 from gymbox.runtime.sandbox import DirEntry
 
 log = logging.getLogger(__name__)

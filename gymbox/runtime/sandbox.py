@@ -113,8 +113,8 @@ class Sandbox:
                    backend: Backend | None = None) -> Sandbox:
         """Start a sandbox and wait until its supervisor answers.
 
-        ``backend`` defaults to :func:`gymbox.runtime.select_backend` (Docker when an engine
-        answers, else the local fallback with a warning).
+        ``backend`` defaults to :func:`gymbox.runtime.select_backend` (Docker, unless
+        ``GYMBOX_BACKEND=local`` asks for the local backend; never a silent fallback).
 
         Raises:
             SandboxStartError, EngineUnavailable: no sandbox could be started; nothing is
@@ -342,7 +342,8 @@ class Sandbox:
             self._broken = await self._diagnose(exc)
         finally:
             self._watched -= watched
-        if self._broken.evidence is None:
+        # A retry-safe failure ran nothing of the call: its cause is not in question.
+        if self._broken.evidence is None and not self._broken.retry_safe:
             self._broken.evidence = await self._observe(sent_at)
         raise self._broken
 

@@ -43,7 +43,10 @@ class SandboxSpec:
       leave the kernel nothing to kill but the supervisor. SysV shared memory is capped to
       ``shm_mb`` and removed with its last user, for the same reason.
     * Agent processes run with ``oom_score_adj`` 1000: when the memory cgroup is full the
-      kernel kills them first.
+      kernel kills them first. (Making it a floor the agent cannot lower would take
+      ``CAP_SYS_RESOURCE``, which many engines cannot grant; an agent that lowers it and then
+      takes the supervisor down is seen doing so: the engine reports the OOM kill, and the
+      failure is the agent's.)
 
     Attributes:
         image: the image to run; needs ``python3`` for the fast path.
@@ -135,9 +138,10 @@ class SandboxSpec:
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, value)  # frozen: set once, here
         positive = {
+            "memory_mb": self.memory_mb,
             "workspace_mb": self.workspace_mb, "tmp_mb": self.tmp_mb, "shm_mb": self.shm_mb,
             "max_timeout_s": self.max_timeout_s,
-            "pids_limit": self.pids_limit, "memory_mb": self.memory_mb, "cpus": self.cpus,
+            "pids_limit": self.pids_limit, "cpus": self.cpus,
             "nofile": self.nofile, "fsize_mb": self.fsize_mb,
             "output_cap_bytes": self.output_cap_bytes, "read_limit_bytes": self.read_limit_bytes,
             "default_timeout_s": self.default_timeout_s, "lease_s": self.lease_s,

@@ -43,6 +43,7 @@ import contextlib
 import errno
 import heapq
 import json
+import math
 import os
 import queue
 import selectors
@@ -65,6 +66,7 @@ SPAWNER_THREADS = 4
 HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
 AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
 KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
+FIRST_PID = 100  # where the supervisor's own threads, then the agent's processes, start
 
 INTERPRETER_SOURCE = r"""
 import ast, os, sys, threading, traceback
@@ -134,56 +136,58 @@ class Capped:
         )
 
 
-def read_number(path):
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-        return None if text == "max" else int(text)
-    except (OSError, ValueError):
-        return None
-
-
-def read_stat(path, name):
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == name:
-                    return int(value)
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 class Gauges:
-    """How close the sandbox is to its memory, pids and tmpfs limits (cgroup v2 or v1)."""
+    """How close the sandbox is to its memory, pids and tmpfs limits (cgroup v2 or v1).
+
+    The cgroup files stay open and are re-read with ``pread`` (a cgroup file regenerates at
+    offset 0): a report goes with every answer, so it must cost little."""
 
     def __init__(self, tmpfs):
         self.tmpfs = tmpfs
         v2 = os.path.exists("/sys/fs/cgroup/memory.current")
-        root = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/memory/"
-        self.memory = (root + ("memory.current" if v2 else "memory.usage_in_bytes"),
-                       root + ("memory.max" if v2 else "memory.limit_in_bytes"),
-                       root + "memory.stat", "inactive_file" if v2 else "total_inactive_file")
+        memory = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/memory/"
         pids = "/sys/fs/cgroup/" if v2 else "/sys/fs/cgroup/pids/"
-        self.pids = (pids + "pids.current", pids + "pids.max")
+        self.inactive_key = b"\ninactive_file " if v2 else b"\ntotal_inactive_file "
+        self.fds = {}
+        for name, path in (
+                ("memory", memory + ("memory.current" if v2 else "memory.usage_in_bytes")),
+                ("memory_max", memory + ("memory.max" if v2 else "memory.limit_in_bytes")),
+                ("memory_stat", memory + "memory.stat"),
+                ("pids", pids + "pids.current"), ("pids_max", pids + "pids.max")):
+            with contextlib.suppress(OSError):
+                self.fds[name] = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+
+    def read(self, name, size=64):
+        fd = self.fds.get(name)
+        if fd is None:
+            return b""
+        try:
+            return os.pread(fd, size, 0)
+        except OSError:
+            return b""
+
+    def number(self, name):
+        text = self.read(name).strip()
+        return int(text) if text.isdigit() else None
 
     def report(self):
-        return {"memory": self.memory_fraction(), "pids": self.fraction(*self.pids),
+        return {"memory": self.memory_fraction(), "pids": self.fraction("pids", "pids_max"),
                 "tmpfs": {mount: self.fill(mount) for mount in self.tmpfs}}
 
     def memory_fraction(self):
-        current, limit, stat_path, inactive = self.memory
-        used, cap = read_number(current), read_number(limit)
+        used, cap = self.number("memory"), self.number("memory_max")
         if used is None or not cap or cap > 1 << 60:
             return None
         # Inactive page cache is reclaimed before anything is killed: it is not pressure.
-        used -= read_stat(stat_path, inactive) or 0
+        stat = b"\n" + self.read("memory_stat", 8192)
+        at = stat.find(self.inactive_key)
+        if at >= 0:
+            value = stat[at + len(self.inactive_key):].split(b"\n", 1)[0]
+            used -= int(value) if value.isdigit() else 0
         return round(max(0, used) / cap, 3)
 
-    @staticmethod
-    def fraction(current, limit):
-        used, cap = read_number(current), read_number(limit)
+    def fraction(self, current, limit):
+        used, cap = self.number(current), self.number(limit)
         return round(used / cap, 3) if used is not None and cap else None
 
     @staticmethod
@@ -195,6 +199,24 @@ class Gauges:
         blocks = 1 - st.f_bavail / st.f_blocks if st.f_blocks else 0.0
         inodes = 1 - st.f_favail / st.f_files if st.f_files else 0.0
         return round(max(blocks, inodes), 3)
+
+
+def align_pids(first):
+    """Use up process ids until the next one is ``first``. How many the engine took starting
+    the container varies; from here on every sandbox hands out the same ids in the same order,
+    so a replay into a fresh sandbox sees the pids the original saw."""
+    while True:
+        try:
+            with open("/proc/sys/kernel/ns_last_pid") as f:
+                last = int(f.read())
+        except (OSError, ValueError):
+            return
+        if last >= first - 1:
+            return
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
 
 
 def find_oom_counter():
@@ -227,6 +249,7 @@ class Supervisor:
         self.python = config.get("python") or sys.executable
         self.env = config["env"]
         self.lease_path = config.get("lease_path")
+        self.lease_s = config.get("lease_s")
         self.sweep_uid = config.get("sweep_uid", False)
         self.oom_path = find_oom_counter() if config.get("oom_events", True) else None
         self.gauges = Gauges(config.get("tmpfs") or [])
@@ -246,6 +269,8 @@ class Supervisor:
         self.spawn_jobs = queue.SimpleQueue()
         self.spawned = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
+        if config.get("align_pids"):
+            align_pids(FIRST_PID)
         for _ in range(SPAWNER_THREADS):
             threading.Thread(target=self.spawner, daemon=True).start()
 
@@ -253,6 +278,10 @@ class Supervisor:
 
     def run(self):
         os.chdir(self.workdir)  # a relative cwd in a request is relative to the workspace
+        if self.lease_s:
+            # The lease counts from now, not from the container's creation: a start slowed by
+            # a loaded engine must not eat into the time before the host's first renewal.
+            self.renew(self.lease_s)
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, self.on_host)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_spawned)
@@ -371,7 +400,7 @@ class Supervisor:
 
     def renew(self, seconds):
         if self.lease_path:
-            deadline = int(time.time() + seconds)
+            deadline = math.ceil(time.time() + seconds)
             tmp = self.lease_path + ".new"
             with open(tmp, "w") as f:
                 f.write(f"{deadline}\n")
@@ -396,9 +425,8 @@ class Supervisor:
 
     def become_agent(self):
         """In a new child, before it runs agent code: make it the kernel's first choice for an
-        OOM kill, then drop to the agent's uid. The order matters: written while still root
-        (with CAP_SYS_RESOURCE) the score is also the floor the agent cannot lower it below.
-        Only ``os`` calls: this runs between fork and exec, beside the spawner threads."""
+        OOM kill, then drop to the agent's uid. Only ``os`` calls: this runs between fork and
+        exec, beside the spawner threads."""
         with contextlib.suppress(OSError):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:

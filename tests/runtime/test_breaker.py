@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from gymbox.runtime.breaker import Backoff, InfraCircuitBreaker, InfraFailureRateExceeded
+from gymbox.runtime.breaker import InfraCircuitBreaker, InfraFailureRateExceeded
+from gymbox.runtime.retry import Backoff
 
 
 def breaker(**kw) -> InfraCircuitBreaker:

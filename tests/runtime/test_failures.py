@@ -144,7 +144,7 @@ async def test_control_calls_retry_transient_failures_only():
 
 async def test_settings_the_engine_rejects_are_a_configuration_error(engine_client):
     with pytest.raises(ConfigurationError, match="SandboxSpec"):
-        await Sandbox.open(SandboxSpec(memory_mb=1), backend=DockerBackend())
+        await Sandbox.open(SandboxSpec(cpus=4096), backend=DockerBackend())
     assert own_containers(engine_client) == []
 
 

@@ -31,14 +31,19 @@ async def test_the_container_carries_every_isolation_default(sandbox, engine_cli
     info = engine_client.api.inspect_container(sandbox.id)
     host = info["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
-    assert host["CapDrop"] == ["ALL"] and sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
+    assert host["CapDrop"] == ["ALL"]
+    assert sorted(host["CapAdd"]) == ["KILL", "SETGID", "SETUID"]
     assert host["SecurityOpt"] == ["no-new-privileges"]
     assert host["PidsLimit"] == 64 and host["Init"] is True
     assert host["Memory"] == host["MemorySwap"] == 128 * 2**20
     assert host["NanoCpus"] == 10**9
     assert {u["Name"]: u["Hard"] for u in host["Ulimits"]} == {"nofile": 1024,
                                                                "fsize": 256 * 2**20}
-    assert host["Tmpfs"]["/workspace"].startswith("size=8m")
+    assert host["Tmpfs"]["/workspace"].startswith("size=8m,nr_inodes=512")
+    assert host["Tmpfs"]["/tmp"].startswith("size=16m,nr_inodes=1024")
+    assert host["Tmpfs"]["/dev/shm"].startswith("size=8m,nr_inodes=512")
+    assert host["Sysctls"]["kernel.shm_rmid_forced"] == "1"
+    assert info["Config"]["Hostname"] == "sandbox"
     assert host["AutoRemove"] is True
     labels = info["Config"]["Labels"]
     assert labels["gymbox"] == "1"
@@ -53,6 +58,26 @@ async def test_the_agent_has_no_capabilities_and_cannot_gain_any(sandbox):
     assert "NoNewPrivs:\t1" in status
     su = await sandbox.exec(["python3", "-c", "import os; os.setuid(0)"], timeout=10)
     assert su.exit_code == 1 and "PermissionError" in su.stderr
+
+
+async def test_the_agent_is_the_kernels_first_oom_victim(sandbox):
+    assert (await sandbox.exec("cat /proc/self/oom_score_adj", timeout=10)).stdout == "1000\n"
+    supervisor = await sandbox.exec("cat /proc/$PPID/oom_score_adj", timeout=10)
+    assert supervisor.stdout == "0\n"
+    cell = await sandbox.run_python("print(open('/proc/self/oom_score_adj').read().strip())",
+                                    timeout=10)
+    assert cell.stdout == "1000\n"
+
+
+async def test_every_sandbox_looks_the_same_from_inside(sandbox):
+    # what a replacement must show the agent as the sandbox it replaces did
+    probe = "hostname; id -un; pwd; echo pid $$; env | grep -v '^PWD=' | sort"
+    first = (await sandbox.exec(probe, timeout=10)).stdout
+    async with await Sandbox.open(SPEC, backend=DockerBackend()) as other:
+        assert (await other.exec(probe, timeout=10)).stdout == first
+        assert other.id != sandbox.id
+    assert first.startswith("sandbox\nsandbox\n/workspace\n")
+    assert sandbox.id[:12] not in first
 
 
 async def test_network_is_unreachable(sandbox):

@@ -15,8 +15,8 @@ from gymbox.runtime import (
     SandboxPool,
     SandboxSpec,
 )
-from gymbox.runtime.breaker import Backoff
 from gymbox.runtime.faults import FaultKind, FaultPlan, inject_faults
+from gymbox.runtime.retry import Backoff
 from tests.runtime.conftest import FAST, own_containers
 
 

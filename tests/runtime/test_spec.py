@@ -44,3 +44,30 @@ def test_explicit_backend_choice():
     assert isinstance(select_backend("docker"), DockerBackend)
     with pytest.raises(InvalidRequest, match="docker"):
         select_backend("kubernetes")  # type: ignore[arg-type]
+
+
+def test_tmpfs_mounts_default_to_fit_below_memory_minus_the_supervisor_reserve():
+    for memory in (128, 256, 512, 4096):
+        spec = SandboxSpec(memory_mb=memory)
+        assert set(spec.tmpfs) == {"/workspace", "/tmp", "/dev/shm"}
+        assert spec.tmpfs_memory_mb <= memory - spec.supervisor_reserve_mb
+    assert SandboxSpec().tmpfs == {"/workspace": 256, "/tmp": 64, "/dev/shm": 32}
+
+
+@pytest.mark.parametrize("sizes", [
+    {"memory_mb": 64, "workspace_mb": 256},
+    {"memory_mb": 512, "workspace_mb": 300, "tmp_mb": 100, "shm_mb": 50},
+    {"memory_mb": 128, "supervisor_reserve_mb": 128},
+])
+def test_tmpfs_that_could_starve_the_supervisor_is_rejected(sizes):
+    with pytest.raises(InvalidRequest, match=r"must fit in memory_mb .* minus supervisor_reserve"):
+        SandboxSpec(**sizes)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("hostname", "a b"), ("hostname", ""), ("supervisor_reserve_mb", -1),
+    ("max_timeout_s", float("inf")), ("default_timeout_s", 7200.0),
+])
+def test_the_new_limits_are_checked(field, value):
+    with pytest.raises(InvalidRequest, match=field):
+        SandboxSpec(**{field: value})
