@@ -22,7 +22,16 @@ from gymbox.envs.core import (
     approx_token_count,
     render_exec_result,
 )
-from gymbox.envs.errors import EpisodeOver, InvalidOption, ToolDefinitionError, ToolError
+from gymbox.envs.errors import (
+    EpisodeOver,
+    GraderCrashed,
+    GraderFailed,
+    GraderTimeout,
+    InvalidOption,
+    ToolDefinitionError,
+    ToolError,
+)
+from gymbox.envs.host import run_on_host
 from gymbox.envs.parsing import ParsedCalls, ToolCall, extract_answer, parse_tool_calls
 from gymbox.envs.play import play
 from gymbox.envs.pool import Agent, EnvPool, EpisodeResult
@@ -39,6 +48,9 @@ __all__ = [
     "EnvPool",
     "EpisodeOver",
     "EpisodeResult",
+    "GraderCrashed",
+    "GraderFailed",
+    "GraderTimeout",
     "InvalidOption",
     "ParsedCalls",
     "Reply",
@@ -57,5 +69,6 @@ __all__ = [
     "play",
     "register_builtin_envs",
     "render_exec_result",
+    "run_on_host",
     "tool",
 ]

@@ -117,7 +117,7 @@ class Task:
 
 @dataclass(frozen=True, slots=True)
 class ToolResult:
-    """What one call did, as the agent sees it and as recovery replays it.
+    """What one call did, as the agent saw it (recovery keeps its own journal of sandbox calls).
 
     Attributes:
         call: the call, with its id.
@@ -818,7 +818,10 @@ def render_exec_result(result: ExecResult) -> str:
 
 
 class _LoopThread:
-    """An event loop on a daemon thread, so the sync API works even inside a running loop."""
+    """An event loop on a daemon thread, so the sync API works even inside a running loop.
+
+    One per env, not one per process: an env's sandboxes live on the loop that acquired them,
+    and a close() of one env must not stop the loop another env's episode is using."""
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()

@@ -156,7 +156,7 @@ def test_an_episode_that_cannot_start_still_yields_one_invalid_trajectory(tiny):
 
 def test_a_bug_in_env_code_is_raised_not_hidden(tiny):
     class Buggy(Calculator):
-        def reply(self, text: str) -> Reply:
+        def draw_task(self, rng: np.random.Generator, *, difficulty: int = 2) -> Task:
             raise KeyError("a bug in the env")
 
     with pytest.raises(KeyError, match="a bug in the env"):

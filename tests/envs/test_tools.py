@@ -178,3 +178,41 @@ def test_sandbox_parameter_is_injected_and_hidden_from_the_schema():
 def test_a_tool_is_still_callable_as_the_plain_function():
     assert isinstance(SEARCH, Tool)
     assert SEARCH("hello", limit=1) == "hello"
+
+
+def test_bounds_are_checked_when_the_tool_is_defined():
+    with pytest.raises(ValueError, match="timeout_s must be a finite positive number"):
+        tool(timeout_s=float("inf"))
+    with pytest.raises(ValueError, match="max_output_chars must be a positive integer"):
+        tool(max_output_chars=0)
+
+    @tool(timeout_s=0.5, max_output_chars=3)
+    def short(text: str) -> str:
+        """Echo.
+
+        Args:
+            text: what to echo
+        """
+        return text
+
+    assert (short.timeout_s, short.max_output_chars, short("abcd")) == (0.5, 3, "abcd")
+
+
+async def test_an_async_host_tool_is_stopped_at_its_deadline():
+    import asyncio
+
+    from gymbox.envs.host import HostTimeout
+
+    @tool(timeout_s=0.2)
+    async def wait(seconds: float) -> str:
+        """Wait.
+
+        Args:
+            seconds: how long
+        """
+        await asyncio.sleep(seconds)
+        return "done"
+
+    assert await wait.invoke({"seconds": 0.0}) == "done"
+    with pytest.raises(HostTimeout, match=r"ran past its 0\.2 s deadline"):
+        await wait.invoke({"seconds": 60.0})
