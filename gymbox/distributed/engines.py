@@ -1,4 +1,6 @@
-"""Where sandboxes run when a run scales out: a list of Docker engines, each named once.
+"""Where sandboxes run when a run scales out: a list of Docker engines, each named once, and
+the ``[scale]`` section of a run config that lists them (:class:`ScaleConfig`; no Ray needed
+to read it).
 
 An :class:`EngineConfig` says how to reach one engine — a ``DOCKER_HOST`` address with its TLS
 files, or "whatever the node's own ``DOCKER_HOST`` is" — and, optionally, which Ray node must
@@ -185,3 +187,34 @@ def discover_engines(nodes: Sequence[Mapping[str, Any]], *, pool_size: int = 4
 def _reason(exc: BaseException) -> str:
     text = str(exc)
     return text[text.rfind("SSL:"):][:120] if "SSL:" in text else text[:120]
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Scale-out of a run's sandboxes over Docker engines, on Ray.
+
+    Attributes:
+        ray_address: the Ray cluster to join (``"auto"``, ``"host:port"``); empty: no
+            scale-out, sandboxes run on the local engine in-process.
+        engines: the engines to use; empty: one per Ray node that advertises a
+            ``gymbox_engine_<name>`` resource (:func:`discover_engines`).
+        pool_size: warm sandboxes per discovered engine.
+        trip_after: consecutive infra failures on one engine that drain it for a while.
+    """
+
+    ray_address: str = ""
+    engines: tuple[EngineConfig, ...] = ()
+    pool_size: int = 4
+    trip_after: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ray_address)
+
+    def resolve_engines(self) -> tuple[EngineConfig, ...]:
+        """The configured engines, or those the connected cluster's nodes advertise."""
+        import ray  # the [ray] extra: only a run that scales out needs it
+
+        engines = self.engines or tuple(discover_engines(ray.nodes(), pool_size=self.pool_size))
+        check_engines(engines)
+        return engines
