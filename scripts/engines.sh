@@ -10,13 +10,16 @@
 #   scripts/engines.sh stop [I..]  stop the engines this script started (all when none given)
 #   scripts/engines.sh status      one line per engine: I, state, DOCKER_HOST
 #   scripts/engines.sh host I      print engine I's DOCKER_HOST
+#   scripts/engines.sh tls-host I  print engine I's TLS address (see GYMBOX_ENGINE_TLS_PORT)
 #
 # Engine I lives in $GYMBOX_ENGINES_DIR/I (default /work/engines/gymbox): its own --data-root,
 # --exec-root, --pidfile and unix socket, no bridge and no iptables, so it never touches the
 # main engine's state or the host's network. Only processes whose pid is in one of these pid
 # files, and whose command line names that engine's directory, are ever signalled.
 # GYMBOX_IMAGES lists the images to copy in (default: every gymbox-sandbox tag on the main
-# engine).
+# engine). With GYMBOX_ENGINE_TLS_PORT=P, engine I also listens on tcp://127.0.0.1:P+I with
+# TLS client verification; a test CA and certificates are made in $GYMBOX_ENGINES_DIR/I/tls
+# (ca.pem, cert.pem and key.pem are the client's), and `tls-host I` prints that address.
 set -euo pipefail
 
 ROOT="${GYMBOX_ENGINES_DIR:-/work/engines/gymbox}"
@@ -46,6 +49,31 @@ containerd_pid() {
   pid_if_ours "$(dir_of "$1")/exec/containerd/containerd.pid" "$(dir_of "$1")/exec"
 }
 
+tls_host_of() { printf 'tcp://127.0.0.1:%s' "$((GYMBOX_ENGINE_TLS_PORT + $1))"; }
+
+# A throw-away CA, a server certificate for 127.0.0.1 and a client certificate (test only).
+make_certs() {
+  local d=$1
+  [[ -s $d/key.pem ]] && return 0
+  mkdir -p "$d"
+  (
+    cd "$d"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=gymbox-test-ca \
+      -keyout ca-key.pem -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 \
+      -keyout server-key.pem -out server.csr 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+      -extfile server.ext -out server-cert.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj /CN=gymbox-client \
+      -keyout key.pem -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem -CAcreateserial -days 2 \
+      -extfile client.ext -out cert.pem 2>/dev/null
+    chmod 0600 ./*key.pem
+  )
+}
+
 answers() { docker -H "$(host_of "$1")" version --format '{{.Server.Version}}' >/dev/null 2>&1; }
 
 start_one() {
@@ -58,10 +86,16 @@ start_one() {
   mkdir -p "$dir/data" "$dir/exec"
   # A socket or pid file left by a killed engine would make dockerd refuse to start.
   [[ -n $(dockerd_pid "$i") ]] || rm -f "$dir/docker.sock" "$dir/dockerd.pid"
-  say "starting engine $i at $(host_of "$i") (log: $dir/dockerd.log)"
+  local tls=()
+  if [[ -n ${GYMBOX_ENGINE_TLS_PORT:-} ]]; then
+    make_certs "$dir/tls"
+    tls=(--tlsverify --tlscacert "$dir/tls/ca.pem" --tlscert "$dir/tls/server-cert.pem"
+         --tlskey "$dir/tls/server-key.pem" -H "$(tls_host_of "$i")")
+  fi
+  say "starting engine $i at $(host_of "$i") ${tls:+and $(tls_host_of "$i") (TLS) }(log: $dir/dockerd.log)"
   setsid dockerd \
     --data-root "$dir/data" --exec-root "$dir/exec" --pidfile "$dir/dockerd.pid" \
-    -H "$(host_of "$i")" \
+    -H "$(host_of "$i")" "${tls[@]}" \
     --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
     >>"$dir/dockerd.log" 2>&1 </dev/null &
   local waited=0
@@ -179,8 +213,13 @@ case $cmd in
   host)
     check_index "${1:-}"; host_of "$1"; echo
     ;;
+  tls-host)
+    check_index "${1:-}"
+    [[ -n ${GYMBOX_ENGINE_TLS_PORT:-} ]] || die "set GYMBOX_ENGINE_TLS_PORT"
+    tls_host_of "$1"; echo
+    ;;
   *)
-    sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2
     exit 2
     ;;
 esac

@@ -15,15 +15,33 @@ Example:
     False
 """
 
-from gymbox.distributed.engines import EngineConfig, TLSFiles, discover_engines
-from gymbox.distributed.scale import (
-    ScaleConfig,
-    containers_on_engines,
-    gc_engines,
-    scaled_sandboxes,
-)
-from gymbox.distributed.source import EngineBreaker, EngineSet, NoEngineAvailable, RemoteSandbox
-from gymbox.distributed.worker import EngineWorker
+from gymbox.distributed.engines import EngineConfig, ScaleConfig, TLSFiles, discover_engines
+from gymbox.runtime.errors import ConfigurationError
+
+# Everything that needs Ray loads on first use, so a run config (ScaleConfig) reads without
+# the [ray] extra installed.
+_LAZY = {
+    "EngineBreaker": "source", "EngineSet": "source", "NoEngineAvailable": "source",
+    "RemoteSandbox": "source", "EngineWorker": "worker", "containers_on_engines": "scale",
+    "gc_engines": "scale", "scaled_sandboxes": "scale",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        try:
+            module = importlib.import_module(f"gymbox.distributed.{_LAZY[name]}")
+        except ModuleNotFoundError as exc:
+            if exc.name != "ray":
+                raise
+            raise ConfigurationError(
+                f"gymbox.distributed.{name} needs Ray: pip install 'ray==2.60.0' (the [ray] "
+                "extra)") from exc
+        return getattr(module, name)
+    raise AttributeError(f"module 'gymbox.distributed' has no attribute {name!r}")
+
 
 __all__ = [
     "EngineBreaker",

@@ -1,4 +1,6 @@
-"""Where sandboxes run when a run scales out: a list of Docker engines, each named once.
+"""Where sandboxes run when a run scales out: a list of Docker engines, each named once, and
+the ``[scale]`` section of a run config that lists them (:class:`ScaleConfig`; no Ray needed
+to read it).
 
 An :class:`EngineConfig` says how to reach one engine — a ``DOCKER_HOST`` address with its TLS
 files, or "whatever the node's own ``DOCKER_HOST`` is" — and, optionally, which Ray node must
@@ -31,6 +33,9 @@ from gymbox.runtime.errors import ConfigurationError, EngineUnavailable
 ENGINE_RESOURCE_PREFIX = "gymbox_engine_"
 """A Ray node that advertises a custom resource named ``gymbox_engine_<name>`` hosts engine
 ``<name>`` (reached through that node's own ``DOCKER_HOST``): :func:`discover_engines`."""
+
+TLS_API_VERSION = "1.41"
+"""The Docker API version spoken to a TLS engine with its own CA (Docker 20.10 and later)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,15 +115,37 @@ class EngineConfig:
 
         Raises:
             EngineUnavailable: nothing answers (the message names the engine).
-            ConfigurationError: a TLS file is missing.
+            ConfigurationError: a TLS file is missing, or the TLS handshake failed (a wrong
+                CA or client certificate will not heal by retrying).
         """
         address = self.address()
         tls = self.tls.docker_tls() if self.tls is not None else False
         try:
-            client = docker.DockerClient(base_url=address, tls=tls, timeout=timeout)
+            if self.tls is not None and self.tls.ca_cert is not None:
+                # requests lets REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace a session's CA
+                # (psf/requests#3829), which would trust the system CAs instead of the
+                # engine's: the client ignores the environment, so its API version is fixed
+                # (the SDK would ask for it before that could be set): Docker 20.10's.
+                client = docker.DockerClient(base_url=address, tls=tls, timeout=timeout,
+                                             version=TLS_API_VERSION)
+                client.api.trust_env = False
+            else:
+                client = docker.DockerClient(base_url=address, tls=tls, timeout=timeout)
             client.ping()
-        except (docker.errors.DockerException, requests.exceptions.RequestException,
-                OSError) as exc:
+        except requests.exceptions.SSLError as exc:
+            raise ConfigurationError(
+                f"engine {self.name} at {address} refused the TLS handshake, or its certificate "
+                f"did not verify: check tls.ca_cert, tls.client_cert and tls.client_key "
+                f"({_reason(exc)})") from exc
+        except docker.errors.DockerException as exc:
+            if isinstance(exc.__cause__, requests.exceptions.SSLError):
+                raise ConfigurationError(
+                    f"engine {self.name} at {address} refused the TLS handshake, or its "
+                    f"certificate did not verify: check tls.ca_cert, tls.client_cert and "
+                    f"tls.client_key ({_reason(exc.__cause__)})") from exc
+            raise EngineUnavailable(f"engine {self.name}: no Docker engine answers at "
+                                    f"{address}: {START_HINT}", cause=exc) from exc
+        except (requests.exceptions.RequestException, OSError) as exc:
             raise EngineUnavailable(f"engine {self.name}: no Docker engine answers at "
                                     f"{address}: {START_HINT}", cause=exc) from exc
         return client
@@ -155,3 +182,39 @@ def discover_engines(nodes: Sequence[Mapping[str, Any]], *, pool_size: int = 4
                 found.append(EngineConfig(resource.removeprefix(ENGINE_RESOURCE_PREFIX),
                                           resource=resource, pool_size=pool_size))
     return found
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text[text.rfind("SSL:"):][:120] if "SSL:" in text else text[:120]
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    """Scale-out of a run's sandboxes over Docker engines, on Ray.
+
+    Attributes:
+        ray_address: the Ray cluster to join (``"auto"``, ``"host:port"``); empty: no
+            scale-out, sandboxes run on the local engine in-process.
+        engines: the engines to use; empty: one per Ray node that advertises a
+            ``gymbox_engine_<name>`` resource (:func:`discover_engines`).
+        pool_size: warm sandboxes per discovered engine.
+        trip_after: consecutive infra failures on one engine that drain it for a while.
+    """
+
+    ray_address: str = ""
+    engines: tuple[EngineConfig, ...] = ()
+    pool_size: int = 4
+    trip_after: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.ray_address)
+
+    def resolve_engines(self) -> tuple[EngineConfig, ...]:
+        """The configured engines, or those the connected cluster's nodes advertise."""
+        import ray  # the [ray] extra: only a run that scales out needs it
+
+        engines = self.engines or tuple(discover_engines(ray.nodes(), pool_size=self.pool_size))
+        check_engines(engines)
+        return engines

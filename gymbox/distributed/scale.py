@@ -1,4 +1,5 @@
-"""The ``[scale]`` section of a run config, and the one function ``gymbox train`` calls with it.
+"""What a run does with its ``[scale]`` section (:class:`~gymbox.distributed.engines.ScaleConfig`):
+the one function ``gymbox train`` calls, and ``gymbox gc`` across engines.
 
 With ``ray_address`` empty (the default) nothing here runs: sandboxes come from the in-process
 pool on the local engine. With an address, :func:`scaled_sandboxes` joins that Ray cluster,
@@ -24,45 +25,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import ray
 
-from gymbox.distributed.engines import EngineConfig, check_engines, discover_engines
+from gymbox.distributed.engines import EngineConfig, ScaleConfig
 from gymbox.distributed.source import EngineSet
 from gymbox.distributed.worker import gymbox_containers, reap_engine
 from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 from gymbox.runtime.spec import SandboxSpec
-
-
-@dataclass(frozen=True)
-class ScaleConfig:
-    """Scale-out of a run's sandboxes over Docker engines, on Ray.
-
-    Attributes:
-        ray_address: the Ray cluster to join (``"auto"``, ``"host:port"``); empty: no
-            scale-out, sandboxes run on the local engine in-process.
-        engines: the engines to use; empty: one per Ray node that advertises a
-            ``gymbox_engine_<name>`` resource (:func:`discover_engines`).
-        pool_size: warm sandboxes per discovered engine.
-        trip_after: consecutive infra failures on one engine that drain it for a while.
-    """
-
-    ray_address: str = ""
-    engines: tuple[EngineConfig, ...] = ()
-    pool_size: int = 4
-    trip_after: int = 2
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self.ray_address)
-
-    def resolve_engines(self) -> tuple[EngineConfig, ...]:
-        """The configured engines, or those the connected cluster's nodes advertise."""
-        engines = self.engines or tuple(discover_engines(ray.nodes(), pool_size=self.pool_size))
-        check_engines(engines)
-        return engines
 
 
 @contextlib.contextmanager

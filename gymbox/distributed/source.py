@@ -58,7 +58,9 @@ log = logging.getLogger(__name__)
 
 ACQUIRE_TIMEOUT_S = 20.0
 """The longest an engine may take to hand out a sandbox before the set tries another one (a
-pool on a dead engine waits for a failed start, which retries its engine calls first)."""
+pool on a dead engine waits for a failed start, which retries its engine calls first). A
+sandbox the worker hands out after the driver stopped waiting stays held by the worker, and is
+removed when the worker closes."""
 
 NETWORK_MARGIN_S = 30.0
 """Added to a call's own backstop before the driver gives up on the worker answering at all."""
@@ -270,8 +272,9 @@ class EngineSet:
             raise EngineUnavailable("EngineSet needs Ray: call ray.init(address=...) first")
         actor_class = ray.remote(EngineWorker)
         for engine in self.engines:
+            # No CPU reserved: the worker waits on its engine, it does not compute.
             options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 1000,
-                                       "max_restarts": 0, "name": None}
+                                       "max_restarts": 0}
             if engine.resource is not None:
                 options["resources"] = {engine.resource: 0.001}
             actor = actor_class.options(**options).remote(engine, self.spec)

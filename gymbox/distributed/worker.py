@@ -13,7 +13,9 @@ not pickle, is reduced to a note), so the driver classifies it as if the pool we
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gymbox.distributed.engines import EngineConfig
+from gymbox.distributed.tls_tunnel import TLSTunnel
 from gymbox.runtime import cleanup
 from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import GymboxError, InvalidRequest
@@ -86,12 +89,13 @@ class EngineWorker:
         self._pool: SandboxPool | None = None
         self._leases: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
         self._client = None
+        self._tunnel: TLSTunnel | None = None
 
     async def start(self) -> Outcome:
         """Connect to the engine and fill the pool; the outcome holds a :class:`WorkerInfo`."""
         try:
-            self._client = self.engine.connect()
-            version = self._client.version().get("Version", "?")
+            self._client = await self._connect()
+            version = (await asyncio.to_thread(self._client.version)).get("Version", "?")
             self._pool = SandboxPool(
                 self.spec, size=self.engine.pool_size,
                 backend=DockerBackend(self._client),
@@ -101,6 +105,17 @@ class EngineWorker:
             return Outcome(error=portable(exc))
         return Outcome(WorkerInfo(self.engine.name, self.engine.address(), socket.gethostname(),
                                   os.getpid(), version))
+
+    async def _connect(self):
+        """A client to the engine; through a :class:`TLSTunnel` for a TLS engine, whose
+        attached exec streams asyncio could not drive over an ``SSLSocket`` directly."""
+        if self.engine.tls is None:
+            return self.engine.connect()
+        self._tunnel = TLSTunnel(self.engine)
+        await self._tunnel.start()
+        local = dataclasses.replace(self.engine, docker_host=self._tunnel.address, tls=None)
+        # Blocking SDK calls; the tunnel serves them on this loop meanwhile.
+        return await asyncio.to_thread(local.connect)
 
     async def acquire(self) -> Outcome:
         """A healthy sandbox from the pool; the outcome holds its id."""
@@ -147,6 +162,8 @@ class EngineWorker:
             await self._pool.close()
         if self._client is not None:
             self._client.close()
+        if self._tunnel is not None:
+            await self._tunnel.close()
 
 
 def reap_engine(engine: EngineConfig, *, everything: bool = False) -> list[str]:

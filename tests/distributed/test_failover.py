@@ -18,7 +18,7 @@ import ray
 from transformers import AutoTokenizer
 
 from gymbox.agents.rollout import Budget, Trajectory, demonstrate
-from gymbox.distributed import EngineSet, ScaleConfig, containers_on_engines
+from gymbox.distributed import EngineSet, ScaleConfig, containers_on_engines, scaled_sandboxes
 from gymbox.envs.builtin.python_calc import PythonCalc
 from gymbox.runtime import errors
 from gymbox.runtime.breaker import InfraCircuitBreaker
@@ -74,13 +74,17 @@ def assert_honest(played: list[Trajectory]) -> None:
             assert t.status == "infra_failed" and t.reward.reason in INFRA_KINDS, t.reward
 
 
-def test_episodes_spread_over_engines_and_nothing_leaks(rig, tokenizer):
+def test_engines_discovered_from_the_nodes_share_the_episodes_and_nothing_leaks(
+        rig, tokenizer):
+    # No engines listed: one per node advertising gymbox_engine_<name>, as `gymbox train`
+    # finds them from a [scale] section with only ray_address set.
+    scale = ScaleConfig(ray_address=rig.cluster.address, pool_size=2)
+
     async def main():
-        async with EngineSet(rig.engines()) as pool:
-            sandboxes = RecoveringSandboxes(pool)
+        async with scaled_sandboxes(scale) as sandboxes:
             played = await play(tokenizer, calc_with_a_fault(lambda _: False), sandboxes,
                                 rounds=2, per_round=4)
-            return played, pool.metrics()
+            return played, sandboxes.source.metrics()
 
     played, metrics = asyncio.run(main())
     assert_honest(played)
