@@ -17,7 +17,7 @@ sandboxes, so the difference is the trainer: TRL's padded forward passes, its op
 and its bookkeeping against gymbox's.
 
 Usage: ``python benchmarks/vs_trl.py [--env gymbox/PythonCalc-v0] [--model DIR] [--steps 2]
-[--group-size 4] [--eval-episodes 8]`` (needs ``pip install trl==1.16.0``).
+[--group-size 4] [--eval-episodes 8] [--rounds 2]`` (needs ``pip install trl==1.16.0``).
 """
 
 from __future__ import annotations
@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, default=1e-5)
     parser.add_argument("--eval-episodes", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the pair this many times, alternating which side goes first")
     parser.add_argument("--side", choices=["gymbox", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -159,26 +161,19 @@ def child(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps(result))
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    if args.side:
-        child(args)
-        return
-    say(f"env {args.env}, model {args.model or 'embedded SmolLM2-135M'}, {args.steps} steps of "
-        f"one group of {args.group_size}, {args.eval_episodes} held-out episodes; "
-        f"load {os.getloadavg()[0]:.1f}")
-    results = {}
-    with tempfile.TemporaryDirectory() as scratch:
-        for side in ("gymbox", "trl"):
-            say(f"{side}: training in a subprocess")
-            out = Path(scratch) / f"{side}.json"
-            own = list(argv if argv is not None else sys.argv[1:])
-            subprocess.run([sys.executable, __file__, *own, "--side", side, "--out", str(out)],
-                           check=True)
-            results[side] = json.loads(out.read_text())
-            say(f"{side}: done in {results[side]['loop_s']:.0f} s of training; "
-                f"load {os.getloadavg()[0]:.1f}")
-    print()
+def run_side(side: str, argv: list[str], scratch: str) -> dict[str, Any]:
+    out = Path(scratch) / f"{side}.json"
+    load = os.getloadavg()[0]
+    say(f"{side}: training in a subprocess (load {load:.1f})")
+    subprocess.run([sys.executable, __file__, *argv, "--side", side, "--out", str(out)],
+                   check=True)
+    result = json.loads(out.read_text())
+    result["load"] = (load + os.getloadavg()[0]) / 2
+    say(f"{side}: {result['loop_s']:.0f} s of training (load {os.getloadavg()[0]:.1f})")
+    return result
+
+
+def print_table(results: dict[str, dict[str, Any]]) -> None:
     print(f"{'':24}{'gymbox train':>16}{'TRL GRPOTrainer':>18}")
     rows = [
         ("episodes/s", lambda r: f"{r['episodes'] / r['loop_s']:.3f}"),
@@ -187,10 +182,29 @@ def main(argv: list[str] | None = None) -> None:
         ("episodes (valid)", lambda r: f"{r['episodes']} ({r['valid']})"),
         ("peak RSS (MiB)", lambda r: f"{r['peak_rss_mib']:.0f}"),
         ("held-out accuracy", lambda r: f"{r['accuracy']:.3f}"),
+        ("machine load (1 min)", lambda r: f"{r['load']:.1f}"),
     ]
     for name, cell in rows:
         print(f"{name:24}{cell(results['gymbox']):>16}{cell(results['trl']):>18}")
-    print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.side:
+        child(args)
+        return
+    own = list(argv if argv is not None else sys.argv[1:])
+    say(f"env {args.env}, model {args.model or 'embedded SmolLM2-135M'}, {args.steps} steps of "
+        f"one group of {args.group_size}, {args.eval_episodes} held-out episodes, "
+        f"{args.rounds} round(s)")
+    with tempfile.TemporaryDirectory() as scratch:
+        for round_ in range(args.rounds):
+            # Alternate the order, so a load that drifts during the run favours neither side.
+            order = ("gymbox", "trl") if round_ % 2 == 0 else ("trl", "gymbox")
+            results = {side: run_side(side, own, scratch) for side in order}
+            print(f"\nround {round_ + 1} of {args.rounds} ({' first, then '.join(order)})")
+            print_table(results)
+            print(flush=True)
 
 
 if __name__ == "__main__":
