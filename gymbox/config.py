@@ -80,8 +80,14 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     return from_mapping(type(config), data)
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build the dataclass ``cls`` from ``data``, strictly (see the module docstring)."""
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "",
+                 base: T | None = None) -> T:
+    """Build the dataclass ``cls`` from ``data``, strictly (see the module docstring).
+
+    A key ``data`` leaves out keeps its default: ``base``'s value when given, else the
+    field's. A nested section given in part keeps the rest of its own default, so
+    ``[sampling] max_new_tokens = 48`` leaves the default stop strings in place.
+    """
     if not isinstance(data, Mapping):
         raise ConfigurationError(f"{where or 'config'}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -92,9 +98,16 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
             f"valid: {', '.join(sorted(fields))}"
         )
-    values = {
-        name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()
-    }
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            default = getattr(base, name) if base is not None else _default(fields[name])
+            values[name] = from_mapping(hint, value, f"{where}{name}.", default)
+        else:
+            values[name] = _convert(hint, value, f"{where}{name}")
+    if base is not None:
+        values = {**{n: getattr(base, n) for n in fields}, **values}
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -117,7 +130,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def explain(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
+def explain(cls: type, prefix: str = "", base: Any = None) -> list[tuple[str, str, str]]:
     """``(key, default, doc)`` for every field of the config tree ``cls``, sections flattened
     to ``section.key``. The doc is the field's entry in its class's ``Attributes:`` docstring
     section: the one place each field is documented.
@@ -141,11 +154,11 @@ def explain(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
     for f in dataclasses.fields(cls):
         if not f.init:
             continue
-        default = _default(f)
+        default = getattr(base, f.name) if base is not None else _default(f)
         hint = hints[f.name]
         if dataclasses.is_dataclass(hint):
             rows.append((f"{prefix}{f.name}", "[section]", docs.get(f.name, "")))
-            rows.extend(explain(hint, f"{prefix}{f.name}."))
+            rows.extend(explain(hint, f"{prefix}{f.name}.", default))
             continue
         rows.append((f"{prefix}{f.name}", json.dumps(_plain(default)), docs.get(f.name, "")))
     return rows
