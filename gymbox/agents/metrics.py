@@ -38,6 +38,7 @@ PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("clipped tokens", "fraction", ("clip_fraction",)),
     ("KL to the reference", "KL (k3)", ("kl",)),
     ("throughput", "tokens/s", ("tokens_per_s",)),
+    ("process memory", "GiB", ("memory/rss_gb", "memory/peak_gb")),
 )
 
 

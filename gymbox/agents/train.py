@@ -37,7 +37,7 @@ from gymbox.agents.checkpoints import latest_checkpoint, remove_partial
 from gymbox.agents.evaluate import EvalResult, evaluate
 from gymbox.agents.groups import make_group_policy
 from gymbox.agents.loop import Group, StepReport, SyncedPolicy, run_loop
-from gymbox.agents.memory import limit_malloc_arenas, release_memory
+from gymbox.agents.memory import limit_malloc_arenas, peak_rss_bytes, release_memory
 from gymbox.agents.metrics import MetricsWriter, plot_metrics
 from gymbox.agents.policy import Interrupted, TransformersPolicy
 from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
@@ -328,6 +328,8 @@ class Run:
 
     async def _on_step(self, report: StepReport) -> None:
         row = {**step_metrics(report, self.config), **self.supply.metrics()}  # type: ignore[union-attr]
+        row["memory/rss_gb"] = release_memory() / 2**30  # after the step, garbage returned
+        row["memory/peak_gb"] = peak_rss_bytes() / 2**30
         self._write(report.step, row)
         self._write_samples(report)
         done = report.step + 1
