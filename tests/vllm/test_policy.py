@@ -117,4 +117,4 @@ def test_bad_prompts_are_refused_with_transformers_policys_errors(vllm_policy):
     with pytest.raises(InvalidRequest, match="not a sequence of int token ids"):
         vllm_policy.generate(["hello"], sampling)
     with pytest.raises(InvalidRequest, match="exceeds the context"):
-        vllm_policy.generate([[1] * 1020], sampling)
+        vllm_policy.generate([[1] * 1021], sampling)
