@@ -36,8 +36,9 @@ class PolicyConfig:
     """Which model samples the episodes, and on what.
 
     Attributes:
-        backend: what generates: ``transformers`` (in-process, CPU or GPU); see
-            :data:`gymbox.agents.train.POLICY_BACKENDS` for the others.
+        backend: what generates: ``transformers`` (in-process, CPU or GPU) or ``vllm`` (an
+            in-process vLLM engine with weight sync, docs/vllm.md); see
+            :data:`gymbox.agents.train.POLICY_BACKENDS`.
         model: a transformers model directory or a GGUF file; empty for the embedded
             SmolLM2-135M-Instruct.
     """

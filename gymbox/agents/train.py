@@ -43,6 +43,7 @@ from gymbox.agents.policy import Interrupted, TransformersPolicy
 from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
 from gymbox.agents.supply import EnvSupply, env_supply, make_env_factory
 from gymbox.agents.trainer import PolicyTrainer
+from gymbox.agents.vllm_policy import vllm_generator
 from gymbox.agents.warmup import imitate_expert
 from gymbox.config import from_mapping, to_mapping
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
@@ -79,6 +80,7 @@ def _transformers_generator(config: PolicyConfig, learner: TransformersPolicy,
 
 POLICY_BACKENDS: dict[str, Callable[[PolicyConfig, TransformersPolicy, bool], SyncedPolicy]] = {
     "transformers": _transformers_generator,
+    "vllm": vllm_generator,
 }
 """``policy.backend`` → how the generator that samples the episodes is made from the learner.
 A backend is called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
