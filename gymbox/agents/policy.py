@@ -208,7 +208,7 @@ class TransformersPolicy:
         cache = DynamicCache(config=self.model.config)
         logits = self.model(
             input_ids=input_ids, attention_mask=attention, position_ids=positions,
-            cache=cache, use_cache=True, logits_to_keep=1,
+            past_key_values=cache, use_cache=True, logits_to_keep=1,
         ).logits[:, -1]
         next_position = positions[:, -1:] + 1
 
@@ -241,7 +241,7 @@ class TransformersPolicy:
             attention = torch.cat([attention, attention.new_ones(len(live), 1)], dim=-1)
             logits = self.model(
                 input_ids=token[:, None], attention_mask=attention, position_ids=next_position,
-                cache=cache, use_cache=True,
+                past_key_values=cache, use_cache=True,
             ).logits[:, -1]
             next_position = next_position + 1
         return [draft.completion(self._tokenizer) for draft in drafts]
