@@ -108,22 +108,28 @@ def cmd_play(args: argparse.Namespace) -> int:
     return 0 if info.get("status") != "infra_failed" else 1
 
 
-def _train_config(args: argparse.Namespace):
-    from gymbox.agents.config import load_config
-    from gymbox.agents.train import TrainConfig
+_FLAGS = (("env", "env"), ("model", "policy.model"), ("run_dir", "run_dir"),
+          ("steps", "loop.steps"), ("seed", "loop.seed"), ("max_staleness", "loop.max_staleness"))
+
+
+def _train_config(args: argparse.Namespace, base=None):
+    from gymbox.agents.run_config import TrainConfig
+    from gymbox.config import apply_overrides, load_config
 
     overrides = list(args.set or [])
-    for flag, key in (("env", "env"), ("model", "model"), ("run_dir", "run_dir"),
-                      ("steps", "steps"), ("seed", "seed"), ("max_staleness", "max_staleness"),
-                      ("reward", "reward.mode")):
+    for flag, key in _FLAGS:
         value = getattr(args, flag, None)
         if value is not None:
             overrides.append(f"{key}={json.dumps(value)}")
+    if base is not None:
+        return apply_overrides(base, overrides)
     return load_config(TrainConfig, args.config, overrides)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a policy on an env with GRPO-family updates; see `gymbox train --help`."""
+    if args.explain_config:
+        return _explain_config()
     from gymbox.agents.train import train
 
     summary = train(_train_config(args), console=console, resume=args.resume,
@@ -131,11 +137,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    """Held-out accuracy and pass@k of a model (or a training checkpoint)."""
-    from gymbox.agents.train import evaluate_config
+def _explain_config() -> int:
+    """Every run-config key with its default and its docstring, one per line."""
+    from gymbox.agents.run_config import TrainConfig
+    from gymbox.config import explain
 
-    config = _train_config(args)
+    for key, default, doc in explain(TrainConfig):
+        console.print(f"{key} = {default}" + (f"    # {doc}" if doc else ""), markup=False)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Held-out accuracy and pass@k of a model (or a training checkpoint, with its run's env
+    and settings unless --config is given)."""
+    from gymbox.agents.train import checkpoint_config, evaluate_config
+
+    base = None
+    if args.checkpoint is not None and args.config is None:
+        from pathlib import Path
+
+        if not (Path(args.checkpoint) / "trainer.pt").is_file():
+            raise GymboxError(f"{args.checkpoint} is not a checkpoint (no trainer.pt in it)")
+        base = checkpoint_config(args.checkpoint)
+    config = _train_config(args, base)
     result = evaluate_config(config, checkpoint=args.checkpoint)
     console.print(
         f"{config.env}: accuracy {result.accuracy:.3f}, pass@{result.k} {result.pass_at_k:.3f} "
@@ -201,17 +225,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a policy with RL")
     _add_run_options(train)
-    train.add_argument("--steps", type=int, help="optimiser steps")
+    train.add_argument("--steps", type=int, help="optimiser steps (loop.steps)")
     train.add_argument("--max-staleness", dest="max_staleness", type=int,
                        help="0 = synchronous on-policy; more overlaps sampling and updates")
-    train.add_argument("--reward", choices=["gold", "intrinsic", "mixed"])
+    train.add_argument("--explain-config", dest="explain_config", action="store_true",
+                       help="print every config key with its default and meaning, then exit")
     train.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     train.add_argument("--no-eval", action="store_true", help="skip the evaluation before")
     train.set_defaults(run=cmd_train)
 
     evaluate = commands.add_parser("eval", help="held-out accuracy and pass@k")
     _add_run_options(evaluate)
-    evaluate.add_argument("--checkpoint", metavar="DIR", help="a checkpoints/step-N directory")
+    evaluate.add_argument("--checkpoint", metavar="DIR",
+                          help="a checkpoints/step-N directory; its run's env and settings are "
+                          "used unless --config is given")
     evaluate.set_defaults(run=cmd_eval)
 
     plot = commands.add_parser("plot", help="draw a run's metrics as a PNG")

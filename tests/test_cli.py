@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gymbox.agents.config import load_config
-from gymbox.agents.train import TrainConfig, make_env_factory
+from gymbox.agents.run_config import TrainConfig
+from gymbox.agents.supply import make_env_factory
+from gymbox.config import load_config
 
 
 def gymbox(*args: str, stdin: str = "", timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -74,18 +75,28 @@ def test_bad_run_configs_are_one_line_errors(args, message):
 def test_train_eval_and_plot_a_tiny_run(tmp_path, tiny_model_dir):
     config = tmp_path / "run.toml"
     config.write_text(
-        f'model = "{tiny_model_dir}"\nrun_dir = "{tmp_path / "run"}"\nsteps = 2\n'
-        "group_size = 2\ngroups_per_step = 1\nmax_turns = 1\n"
-        "[sampling]\nmax_new_tokens = 8\n[eval]\nepisodes = 2\n"
+        f'run_dir = "{tmp_path / "run"}"\n[policy]\nmodel = "{tiny_model_dir}"\n'
+        "[loop]\nsteps = 2\ngroup_size = 2\ngroups_per_step = 1\nrollout_workers = 1\n"
+        "[budget]\nmax_turns = 1\n[sampling]\nmax_new_tokens = 8\n[eval]\nepisodes = 2\n"
     )
     proc = gymbox("train", "--config", str(config))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     run = tmp_path / "run"
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 1]
-    assert all(r["valid_fraction"] == 1.0 for r in rows)
+    steps = [r for r in rows if "loss" in r]
+    assert [r["step"] for r in steps] == [0, 1]
+    assert all(r["valid_fraction"] == 1.0 and r["weight/gold"] == 1.0 for r in steps)
+    assert all("reward/gold" in r and "groups/reruns" in r for r in steps)
+    # held-out accuracy before (at 0 steps done) and after (at 2) is in metrics.jsonl too
+    evals = [(r["step"], k) for r in rows for k in r if k.startswith("eval/") and "valid" not in k]
+    assert evals == [(0, "eval/base"), (2, "eval/accuracy")]
+    # one plain line per phase and per step: stdout is not a terminal here
+    lines = proc.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines if line.startswith("step ")] == [
+        "step 1/2", "step 2/2"]
+    assert any(line.startswith("eval before: accuracy") for line in lines)
     assert (run / "metrics.png").stat().st_size > 10_000
-    assert json.loads((run / "config.json").read_text())["steps"] == 2
+    assert json.loads((run / "config.json").read_text())["loop"]["steps"] == 2
     summary = json.loads((run / "summary.json").read_text())
     assert summary["before"]["episodes"] == summary["after"]["episodes"] == 2
 
@@ -101,9 +112,9 @@ def test_ctrl_c_saves_a_checkpoint_and_exits_cleanly(tmp_path, tiny_model_dir):
     run = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "gymbox.cli", "train", "--no-eval", "--model", str(tiny_model_dir),
-         "--run-dir", str(run), "--steps", "50", "--set", "group_size=2",
-         "--set", "groups_per_step=1", "--set", "max_turns=1",
-         "--set", "sampling.max_new_tokens=8"],
+         "--run-dir", str(run), "--steps", "50", "--set", "loop.group_size=2",
+         "--set", "loop.groups_per_step=1", "--set", "budget.max_turns=1",
+         "--set", "loop.rollout_workers=1", "--set", "sampling.max_new_tokens=8"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     metrics = run / "metrics.jsonl"

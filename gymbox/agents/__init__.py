@@ -11,10 +11,18 @@
 * :mod:`gymbox.agents.warmup` — the cold start before RL: :func:`imitate_expert` on an env's
   scripted demonstrations (:func:`demonstrate`).
 * :mod:`gymbox.agents.loop` — the actor-learner loop with bounded staleness: :func:`run_loop`.
-* :mod:`gymbox.agents.train` — ``gymbox train`` / ``gymbox eval``: :class:`TrainConfig`,
-  :func:`train`, :func:`evaluate_config`.
+* :mod:`gymbox.agents.groups` — what a group with failed members becomes: :class:`Rerun`,
+  :class:`KeepValid`, :class:`DropGroup`.
+* :mod:`gymbox.agents.evaluate` — held-out accuracy and pass@k.
+* :mod:`gymbox.agents.supply` — a run's envs and the recovering sandbox pool they share.
+* :mod:`gymbox.agents.checkpoints` — atomic checkpoints; the newest complete one.
+* :mod:`gymbox.agents.run_config` — :class:`TrainConfig`, made of the library's own configs.
+* :mod:`gymbox.agents.train` — ``gymbox train`` / ``gymbox eval``: :class:`Run` and its
+  phases, :func:`train`, :func:`evaluate_config`.
 """
 
+from gymbox.agents.evaluate import EvalResult, evaluate
+from gymbox.agents.groups import DropGroup, KeepValid, Rerun
 from gymbox.agents.loop import LoopConfig, SyncedPolicy, run_loop
 from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs
 from gymbox.agents.models import (
@@ -35,7 +43,8 @@ from gymbox.agents.rollout import (
     demonstrate,
     rollout,
 )
-from gymbox.agents.train import TrainConfig, WarmupConfig, evaluate_config, train
+from gymbox.agents.run_config import TrainConfig, WarmupConfig
+from gymbox.agents.train import Run, evaluate_config, make_policy, train
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
 from gymbox.agents.warmup import NoDemonstrations, imitate_expert
 
@@ -47,12 +56,17 @@ __all__ = [
     "ChatTemplateMismatch",
     "ClipRange",
     "Completion",
+    "DropGroup",
+    "EvalResult",
     "InvalidModel",
+    "KeepValid",
     "LoopConfig",
     "ModelNotFound",
     "NoDemonstrations",
     "Policy",
     "PolicyTrainer",
+    "Rerun",
+    "Run",
     "SamplingParams",
     "SyncedPolicy",
     "TrainConfig",
@@ -63,10 +77,12 @@ __all__ = [
     "WarmupConfig",
     "default_cache_dir",
     "demonstrate",
+    "evaluate",
     "evaluate_config",
     "imitate_expert",
     "imitation_loss",
     "load_model",
+    "make_policy",
     "policy_loss",
     "resolve_model_dir",
     "rollout",

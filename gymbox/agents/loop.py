@@ -24,14 +24,16 @@ orders each step's groups by index, so a run is reproducible whatever order work
 from __future__ import annotations
 
 import asyncio
+import inspect
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from gymbox.agents.groups import GroupFailurePolicy, Rerun
 from gymbox.agents.policy import Completion, SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import Budget, Trajectory, rollout
 from gymbox.agents.trainer import PolicyTrainer, StepMetrics, TrainingSample
@@ -41,12 +43,26 @@ from gymbox.rewards.advantages import Advantages
 
 @dataclass(frozen=True, slots=True)
 class Group:
-    """``group_size`` episodes of one task, sampled with policy ``version``."""
+    """``group_size`` episodes of one task, sampled with policy ``version``, after the
+    group-failure policy (:mod:`gymbox.agents.groups`) settled its failed members.
+
+    Attributes:
+        index: the group's index in the run (its task seed derives from it).
+        version: the policy version (optimiser steps done) it was sampled with.
+        seed: the task seed.
+        trajectories: the members.
+        reruns: failed members re-played by the policy.
+        replaced: failed members a re-run replaced by a valid episode.
+        dropped: the policy left the whole group out of the step.
+    """
 
     index: int
     version: int
     seed: int
     trajectories: list[Trajectory]
+    reruns: int = 0
+    replaced: int = 0
+    dropped: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +109,11 @@ class StepReport:
 
 
 Scorer = Callable[[Sequence[Group], int], Advantages]
-"""Turns one step's groups into masked advantages (flat, in group-index then episode order)."""
+"""Turns one step's groups into masked advantages (flat, in group-index then episode order);
+:meth:`gymbox.rewards.mix.RewardMix.score` gives a :class:`MixedAdvantages`, which is one."""
+
+RERUN_SEED_STRIDE = 10_000_019
+"""A re-run of a failed episode samples with the group's seed + this × (attempt + 1)."""
 
 
 class StalenessGate:
@@ -173,15 +193,20 @@ async def run_loop(
     config: LoopConfig,
     sampling: SamplingParams,
     budget: Budget,
-    on_step: Callable[[StepReport], None] = lambda _: None,
+    on_step: Callable[[StepReport], Awaitable[None] | None] = lambda _: None,
     should_stop: Callable[[], bool] = lambda: False,
     first_step: int = 0,
+    group_failures: GroupFailurePolicy | None = None,
 ) -> int:
     """Run ``config.steps`` optimiser steps; returns the number of steps done.
 
     ``generator`` samples the episodes. With ``max_staleness > 0`` it must hold a copy of the
-    trainer's weights, as sampling and updating overlap.
+    trainer's weights, as sampling and updating overlap. ``on_step`` may be a coroutine
+    function (evaluations run in it). ``group_failures`` settles a group
+    whose members the infrastructure broke (default :class:`~gymbox.agents.groups.Rerun`).
+    ``should_stop`` is polled between steps and while the learner waits for groups.
     """
+    policy = group_failures if group_failures is not None else Rerun()
     if config.max_staleness > 0 and generator.shares_weights_with(trainer.model):
         raise ValueError("max_staleness > 0 needs the generator to sample from a weight copy")
     gate = StalenessGate(config.groups_per_step, config.max_staleness, first_step=first_step)
@@ -197,7 +222,24 @@ async def run_loop(
             trajectories = await rollout(
                 generator, envs, seeds=[seed] * len(envs), sampling=group_sampling, budget=budget
             )
-            await queue.put(Group(index, version, seed, trajectories))
+
+            async def rerun(count: int, attempt: int, seed: int = seed,
+                            group_sampling: SamplingParams = group_sampling) -> list[Trajectory]:
+                fresh_sampling = group_sampling
+                if group_sampling.seed is not None:
+                    offset = RERUN_SEED_STRIDE * (attempt + 1)
+                    fresh_sampling = replace(group_sampling, seed=group_sampling.seed + offset)
+                fresh = [make_env() for _ in range(count)]
+                try:
+                    return await rollout(generator, fresh, seeds=[seed] * count,
+                                         sampling=fresh_sampling, budget=budget)
+                finally:
+                    for env in fresh:
+                        await env.aclose()
+
+            settled = await policy.settle(trajectories, rerun)
+            await queue.put(Group(index, version, seed, settled.trajectories, settled.reruns,
+                                  settled.replaced, settled.dropped))
 
     workers = [asyncio.create_task(worker(envs)) for envs in envs_per_worker]
     steps_done = 0
@@ -210,7 +252,9 @@ async def run_loop(
             busy_before = generator.busy_s
             dropped = 0
             while len(pending) < config.groups_per_step:
-                group = await _next(queue, workers)
+                group = await _next(queue, workers, should_stop)
+                if group is None:
+                    return steps_done
                 if step - group.version > config.max_staleness:
                     dropped += 1
                     continue
@@ -224,8 +268,10 @@ async def run_loop(
             await gate.advance()
             wall = time.perf_counter() - start
             busy = generator.busy_s - busy_before
-            on_step(StepReport(step, groups, advantages, update, dropped, wall,
-                               generator_idle_s=max(wall - busy, 0.0)))
+            reported = on_step(StepReport(step, groups, advantages, update, dropped, wall,
+                                          generator_idle_s=max(wall - busy, 0.0)))
+            if inspect.isawaitable(reported):
+                await reported
             steps_done += 1
     finally:
         for task in workers:
@@ -237,17 +283,27 @@ async def run_loop(
     return steps_done
 
 
-async def _next(queue: asyncio.Queue[Group], workers: list[asyncio.Task[None]]) -> Group:
-    """The next finished group; a worker's crash surfaces here instead of hanging the learner."""
+STOP_POLL_S = 0.2
+"""How often a learner waiting for groups checks whether a stop was requested."""
+
+
+async def _next(queue: asyncio.Queue[Group], workers: list[asyncio.Task[None]],
+                should_stop: Callable[[], bool]) -> Group | None:
+    """The next finished group, or None once a stop is requested; a worker's crash surfaces
+    here instead of hanging the learner."""
     getter = asyncio.ensure_future(queue.get())
     while True:
-        done, _ = await asyncio.wait([getter, *workers], return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait([getter, *workers], timeout=STOP_POLL_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
         if getter in done:
             return getter.result()
         for task in done:
             if task.exception() is not None:
                 getter.cancel()
                 raise task.exception()  # type: ignore[misc]
+        if should_stop():
+            getter.cancel()
+            return None
 
 
 def _training_samples(groups: Sequence[Group], advantages: Advantages) -> list[TrainingSample]:

@@ -30,7 +30,12 @@ import torch
 
 @dataclass(frozen=True, slots=True)
 class ClipRange:
-    """PPO ratio clipping, ``[1 - low, 1 + high]``. ``high > low`` is DAPO's clip-higher."""
+    """PPO ratio clipping, ``[1 - low, 1 + high]``. ``high > low`` is DAPO's clip-higher.
+
+    Attributes:
+        low: ε_low, how far below 1 the ratio is clipped.
+        high: ε_high, how far above 1 the ratio is clipped.
+    """
 
     low: float = 0.2
     high: float = 0.28

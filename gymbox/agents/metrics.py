@@ -1,8 +1,11 @@
 """A training run's metrics: one JSON object per step in ``metrics.jsonl``, and their plot.
 
 Each line is flat: ``{"step": 3, "reward/gold": 0.5, "valid_fraction": 1.0, ...}``. Keys with a
-``/`` are families (``reward/*`` by component, ``infra/*`` by failure kind) that the plot draws
-as one panel each, so a new reward term or failure kind shows up without touching this file.
+``/`` are families (``reward/*`` and ``weight/*`` by term, ``infra/*`` and
+``faults/injected/*`` by failure kind) that the plot draws as one panel each, so a new reward
+term or failure kind shows up without touching this file. Evaluation rows hold ``eval/*`` keys
+at the number of steps done (``eval/base`` before training, ``eval/accuracy`` after the warm-up,
+every ``eval.every`` steps and at the end).
 """
 
 from __future__ import annotations
@@ -15,17 +18,27 @@ from typing import IO
 
 METRICS_FILE = "metrics.jsonl"
 
-# (panel title, keys or key-family prefixes drawn in it)
-PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("reward by component", ("reward/",)),
-    ("held-out accuracy", ("eval/accuracy",)),
-    ("valid fraction", ("valid_fraction",)),
-    ("infra failures by kind", ("infra/",)),
-    ("recovery (cumulative)", ("recovery/recovered", "recovery/masked", "recovery/agent_caused")),
-    ("entropy", ("entropy",)),
-    ("self-certainty", ("self_certainty",)),
-    ("KL to behaviour / reference", ("kl", "approx_kl")),
-    ("tokens/s", ("tokens_per_s",)),
+# (panel title, y-axis label, keys or key-family prefixes drawn in it). Every key here is written
+# by gymbox.agents.train; a panel is drawn only when its keys have data, so a run without faults
+# or without intrinsic terms shows no empty panel.
+PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("held-out accuracy", "accuracy (greedy)", ("eval/base", "eval/accuracy")),
+    ("reward by term (mean over the samples it covers)", "reward", ("reward/",)),
+    ("term weights (schedule × entropy guard)", "weight", ("weight/",)),
+    ("entropy guard", "factor · mean entropy (nats)", ("guard/",)),
+    ("valid and labelled samples", "fraction", ("valid_fraction", "labelled_fraction")),
+    ("faults injected (cumulative)", "faults", ("faults/injected/",)),
+    ("recovery (cumulative)", "failures",
+     ("recovery/recovered", "recovery/masked", "recovery/agent_caused")),
+    ("masked episodes by kind (per step)", "episodes", ("infra/",)),
+    ("failed group members", "episodes / groups",
+     ("groups/reruns", "groups/replaced", "groups/dropped", "groups_dropped")),
+    ("token entropy and self-certainty", "nats", ("entropy", "self_certainty")),
+    ("policy loss", "loss", ("loss",)),
+    ("clipped tokens", "fraction", ("clip_fraction",)),
+    ("KL to the reference", "KL (k3)", ("kl",)),
+    ("throughput", "tokens/s", ("tokens_per_s",)),
+    ("process memory", "GiB", ("memory/rss_gb", "memory/peak_gb")),
 )
 
 
@@ -86,21 +99,23 @@ def plot_metrics(run_dir: str | Path, output: str | Path | None = None) -> Path:
     if not rows:
         raise ValueError(f"{run_dir}/{METRICS_FILE} has no rows yet")
     panels = []
-    for title, patterns in PANELS:
-        keys = sorted({k for row in rows for k in row if _matches(k, patterns)})
+    for title, ylabel, patterns in PANELS:
+        keys = sorted({k for row in rows for k in row if _matches(k, patterns)
+                       and row.get(k) is not None})
         if keys:
-            panels.append((title, keys))
+            panels.append((title, ylabel, keys))
     columns = 2
     lines = math.ceil(len(panels) / columns)
     fig, axes = plt.subplots(lines, columns, figsize=(11, 3.2 * lines), squeeze=False)
-    for ax, (title, keys) in zip(axes.flat, panels, strict=False):
+    for ax, (title, ylabel, keys) in zip(axes.flat, panels, strict=False):
         for key in keys:
             points = [(row["step"], row[key]) for row in rows if row.get(key) is not None]
             if points:
                 xs, ys = zip(*points, strict=True)
                 ax.plot(xs, ys, marker="." if len(points) < 40 else None, label=key)
-        ax.set_title(title)
+        ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         if len(keys) > 1 or any("/" in k for k in keys):
             ax.legend(fontsize=7)

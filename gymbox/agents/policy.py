@@ -33,6 +33,7 @@ Example:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from numbers import Integral
@@ -132,6 +133,11 @@ class Policy(Protocol):
         ...
 
 
+class Interrupted(Exception):
+    """A stop was requested while the policy was generating (see
+    :attr:`TransformersPolicy.interrupt`)."""
+
+
 class TransformersPolicy:
     """A :class:`Policy` over a transformers causal LM, on CPU or GPU.
 
@@ -147,6 +153,9 @@ class TransformersPolicy:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
         self.model = model.eval()
+        self.interrupt: threading.Event | None = None
+        """Set it to make a ``generate`` under way raise :class:`Interrupted` at its next
+        token (how Ctrl-C stops a run within a token's time)."""
         self._tokenizer = tokenizer
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
@@ -215,6 +224,8 @@ class TransformersPolicy:
         drafts = [_Draft() for _ in range(len(input_ids))]
         live = list(range(len(input_ids)))  # the prompt index of each row still in the batch
         for _ in range(sampling.max_new_tokens):
+            if self.interrupt is not None and self.interrupt.is_set():
+                raise Interrupted("generation stopped: a stop was requested")
             token = _sample(logits, sampling, generator)
             stats = token_stats(logits[:, None], token[:, None],
                                 temperature=sampling.stats_temperature)

@@ -1,156 +1,167 @@
-"""``gymbox train`` and ``gymbox eval``: a run from a config to a run directory.
+"""``gymbox train`` and ``gymbox eval``: the library composed, from a config to a run directory.
 
-A run directory holds ``config.json`` (what ran), ``metrics.jsonl`` (one row per step),
-``samples.jsonl`` (one transcript per group per step), ``checkpoints/step-N`` and, at the end,
-``metrics.png``. Held-out evaluation uses task seeds from ``EvalConfig.first_seed`` on, which
-training never draws (training uses ``seed · 1_000_003 + group index``).
+A run, top to bottom::
+
+    run = Run.start(config)              the model, the trainer, the reward mix (by name)
+    run.evaluate("before")               held-out accuracy of the base model
+    run.warm_up()                        imitate the env's scripted expert (optional)
+    run.train_steps()                    the actor-learner loop: rollouts → RewardMix.score →
+                                         trainer.step; metrics, samples, checkpoints per step
+    run.summarise()                      the final evaluation, summary.json, metrics.png
+
+A run directory holds ``config.json`` (what ran), ``metrics.jsonl`` (one row per step, plus
+evaluation rows), ``samples.jsonl`` (one transcript per group per step), ``checkpoints/step-N``
+(atomic, each with the run's config) and, at the end, ``summary.json`` and ``metrics.png``.
+Log lines are plain, one per phase and one per step, so a log file reads as well as a terminal.
+Ctrl-C stops the phase under way within a token's time (generation checks at every token,
+the loop between steps), saves a checkpoint, and returns; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
-import dataclasses
 import json
-import math
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, TextIO
 
-import gymnasium
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-import gymbox.envs  # noqa: F401 - registers the built-in env ids
-from gymbox.agents.config import to_mapping
-from gymbox.agents.loop import Group, LoopConfig, StepReport, SyncedPolicy, run_loop
-from gymbox.agents.loss import ClipRange
+from gymbox.agents.checkpoints import latest_checkpoint, remove_partial
+from gymbox.agents.evaluate import EvalResult, evaluate
+from gymbox.agents.groups import make_group_policy
+from gymbox.agents.loop import Group, StepReport, SyncedPolicy, run_loop
+from gymbox.agents.memory import limit_malloc_arenas, peak_rss_bytes, release_memory
 from gymbox.agents.metrics import MetricsWriter, plot_metrics
-from gymbox.agents.policy import SamplingParams, TransformersPolicy
-from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
-from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
+from gymbox.agents.policy import Interrupted, TransformersPolicy
+from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
+from gymbox.agents.supply import EnvSupply, env_supply, make_env_factory
+from gymbox.agents.trainer import PolicyTrainer
 from gymbox.agents.warmup import imitate_expert
-from gymbox.envs.core import ToolEnv
-from gymbox.envs.registry import require_registered
+from gymbox.config import from_mapping, to_mapping
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
-from gymbox.rewards.extract import boxed
-from gymbox.rewards.intrinsic import majority_vote
-from gymbox.rewards.mix import Constant, Cosine, Linear, MixedAdvantages, RewardMix, Term
-from gymbox.runtime.breaker import InfraCircuitBreaker
+from gymbox.rewards.mix import (
+    Additive,
+    Constant,
+    Cosine,
+    EntropyGuard,
+    GoldWhereLabelled,
+    Linear,
+    MixedAdvantages,
+    RewardMix,
+    Schedule,
+    Term,
+)
+from gymbox.rewards.terms import SeedScale, make_term
 from gymbox.runtime.errors import ConfigurationError
-from gymbox.runtime.pool import SandboxPool
-from gymbox.runtime.recovery import RecoveringSandboxes
-
-IntrinsicName = Literal["majority_vote", "self_certainty", "entropy"]
-
-
-@dataclass(frozen=True)
-class SamplingConfig:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 96
-
-
-@dataclass(frozen=True)
-class RewardConfig:
-    """Which rewards train the policy.
-
-    ``mode``: ``gold`` (the env's verifier), ``intrinsic`` (``intrinsic`` alone, no labels) or
-    ``mixed`` (gold plus ``intrinsic`` weighted by ``intrinsic_weight`` on ``schedule``, each
-    normalised within its group separately).
-    """
-
-    mode: Literal["gold", "intrinsic", "mixed"] = "gold"
-    intrinsic: IntrinsicName = "majority_vote"
-    intrinsic_weight: float = 0.5
-    schedule: Literal["constant", "linear", "cosine"] = "constant"
-    estimator: Literal["grpo", "dr_grpo", "rloo"] = "grpo"
-    min_valid: int = 2
-
-
-@dataclass(frozen=True)
-class OptimConfig:
-    learning_rate: float = 2e-5
-    clip_low: float = 0.2
-    clip_high: float = 0.28
-    kl_coef: float = 0.0
-    micro_batch_size: int = 4
-    max_grad_norm: float = 1.0
-    weight_decay: float = 0.0
-
-
-@dataclass(frozen=True)
-class WarmupConfig:
-    """A cold start before RL (as in DeepSeek-R1): supervised steps on demonstrations by the
-    env's scripted expert (:meth:`ToolEnv.demonstrate`), played through the same rollout path.
-
-    A small model that never writes a tool call or a final answer gets reward 0 on every
-    episode, so every GRPO advantage is 0 and RL learns nothing; a few imitation steps teach it
-    the format, and RL takes it from there. Only demonstrations that the env scored 1.0 are
-    imitated. Held-out accuracy is measured after the warm-up too, so the gain of RL alone shows.
-
-    Attributes:
-        sft_steps: imitation steps; 0 skips the warm-up.
-        episodes_per_step: demonstrations per step (fresh tasks each step).
-        learning_rate: AdamW learning rate of the warm-up (its own optimiser).
-    """
-
-    sft_steps: int = 0
-    episodes_per_step: int = 8
-    learning_rate: float = 1e-4
-
 
 WARMUP_FIRST_SEED = 500_000_000
 """Demonstrations draw task seeds from here on: apart from training's and evaluation's."""
 
-
-@dataclass(frozen=True)
-class EvalConfig:
-    episodes: int = 32
-    first_seed: int = 1_000_000_000
-    k: int = 1
+RUN_CONFIG = "run_config.json"
+"""The run's config, saved in every checkpoint so ``gymbox eval --checkpoint`` needs no other."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything a run needs; every field has a default that runs on a 2-core CPU."""
+# ── the parts: policy, reward mix ─────────────────────────────────────────────────────────────
 
-    env: str = "gymbox/Calculator-v0"
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    model: str | None = None
-    run_dir: str = "runs/latest"
-    steps: int = 12
-    groups_per_step: int = 2
-    group_size: int = 8
-    max_staleness: int = 0
-    rollout_workers: int = 1
-    seed: int = 0
-    max_turns: int = 3
-    max_tokens: int = 1024
-    checkpoint_every: int = 0
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+def _transformers_generator(config: PolicyConfig, learner: TransformersPolicy,
+                            separate_weights: bool) -> SyncedPolicy:
+    if not separate_weights:
+        return SyncedPolicy(learner)
+    return SyncedPolicy(TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer))
 
 
-@dataclass(frozen=True)
-class EvalResult:
-    accuracy: float
-    pass_at_k: float
-    k: int
-    valid_fraction: float
-    episodes: int
+POLICY_BACKENDS: dict[str, Callable[[PolicyConfig, TransformersPolicy, bool], SyncedPolicy]] = {
+    "transformers": _transformers_generator,
+}
+"""``policy.backend`` → how the generator that samples the episodes is made from the learner.
+A backend is called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
+sampling overlaps updates (``loop.max_staleness > 0``) and needs its own copy of the weights."""
 
+
+def load_learner(config: PolicyConfig, *, checkpoint: str | Path | None = None
+                 ) -> TransformersPolicy:
+    """The model the trainer updates, with a checkpoint's weights when one is given."""
+    path = Path(checkpoint) / "trainer.pt" if checkpoint is not None else None
+    if path is not None and not path.is_file():
+        raise ConfigurationError(f"{checkpoint} is not a checkpoint (no trainer.pt in it)")
+    policy = TransformersPolicy.load(config.model)
+    if path is not None:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        policy.model.load_state_dict(state["model"])
+    return policy
+
+
+def make_policy(config: PolicyConfig, learner: TransformersPolicy, *,
+                separate_weights: bool) -> SyncedPolicy:
+    """The generator of ``config.backend`` (see :data:`POLICY_BACKENDS`).
+
+    Raises:
+        ConfigurationError: an unknown backend.
+    """
+    if config.backend not in POLICY_BACKENDS:
+        raise ConfigurationError(f"policy.backend {config.backend!r} is unknown; choose from "
+                                 f"{', '.join(POLICY_BACKENDS)}")
+    return POLICY_BACKENDS[config.backend](config, learner, separate_weights)
+
+
+def build_reward_mix(config: RewardConfig, steps: int) -> RewardMix:
+    """The :class:`RewardMix` of ``reward.*``: each term built by name, its schedule, the
+    estimator, the mixing policy, the guard and the group scale.
+
+    Raises:
+        ConfigurationError: a term's options do not fit it.
+    """
+    estimators = {"grpo": GRPO, "dr_grpo": DrGRPO, "rloo": RLOO}
+    try:
+        terms = {name: Term(_schedule(term, steps), reward=make_term(name, term.options))
+                 for name, term in config.terms.items()}
+        scale = None
+        if config.seed_scale.enabled:
+            s = config.seed_scale
+            scale = SeedScale(alpha=s.alpha, form=s.form, entropy=s.entropy, match=s.match)
+        return RewardMix(
+            terms, estimator=estimators[config.estimator](min_valid=config.min_valid),
+            applies=GoldWhereLabelled() if config.mixing == "gold_where_labelled" else Additive(),
+            guard=EntropyGuard(config.guard.fraction) if config.guard.enabled else None,
+            scale=scale, labelled_fraction=config.labelled_fraction,
+            train_on=config.train_on or None,
+        )
+    except ValueError as exc:
+        raise ConfigurationError(f"reward: {exc}") from None
+
+
+def _schedule(term: TermConfig, steps: int) -> Schedule:
+    if term.schedule == "constant":
+        return Constant(term.weight)
+    ramp = Linear if term.schedule == "linear" else Cosine
+    return ramp(term.weight, term.end_weight, term.schedule_steps or steps)
+
+
+# ── results ──────────────────────────────────────────────────────────────────────────────────
 
 @dataclass(frozen=True)
 class RunSummary:
+    """What a run did.
+
+    Attributes:
+        run_dir: the run directory.
+        steps: optimiser steps done (resumed ones included).
+        before: held-out evaluation before training (None if skipped).
+        after: the final evaluation (None when interrupted).
+        plot: the metrics plot (None when interrupted).
+        interrupted: a stop was requested.
+        after_warmup: the evaluation after the warm-up, if there was one.
+        warmup_nll: each warm-up step's NLL.
+        checkpoint: the last checkpoint written.
+    """
+
     run_dir: Path
     steps: int
     before: EvalResult | None
@@ -159,346 +170,322 @@ class RunSummary:
     interrupted: bool
     after_warmup: EvalResult | None = None
     warmup_nll: tuple[float, ...] = ()
+    checkpoint: Path | None = None
 
 
-def load_policy(model: str | None, *, checkpoint: str | Path | None = None) -> TransformersPolicy:
-    """The configured model, with a training checkpoint's weights when one is given."""
-    path = Path(checkpoint) / "trainer.pt" if checkpoint is not None else None
-    if path is not None and not path.is_file():
-        raise ConfigurationError(f"{checkpoint} is not a checkpoint (no trainer.pt in it)")
-    policy = TransformersPolicy.load(model)
-    if path is not None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        policy.model.load_state_dict(state["model"])
-    return policy
+class Log:
+    """One plain line per event, flushed: reads the same in a terminal and in a log file."""
+
+    def __init__(self, out: TextIO | Any | None = None) -> None:
+        self.out = out
+
+    def __call__(self, line: str) -> None:
+        if self.out is None:
+            print(line, flush=True)
+        elif hasattr(self.out, "print"):  # a rich Console
+            self.out.print(line, markup=False, highlight=False)
+        else:
+            self.out.write(line + "\n")
+            self.out.flush()
 
 
-def make_env_factory(config: TrainConfig) -> Callable[..., ToolEnv]:
-    """A factory of the configured env, unwrapped to its :class:`ToolEnv`; keyword arguments
-    go to the env's constructor on top of ``config.env_kwargs``."""
-    require_registered(config.env)
-
-    def make(**extra: Any) -> ToolEnv:
-        env = gymnasium.make(config.env, **{**config.env_kwargs, **extra}).unwrapped
-        if not isinstance(env, ToolEnv):
-            raise ConfigurationError(f"{config.env} is not a gymbox ToolEnv")
-        return env
-
-    return make
-
+# ── the run ──────────────────────────────────────────────────────────────────────────────────
 
 @dataclass
-class EnvSupply:
-    """Where a run's envs come from: the factory, and the sandboxes they share (if any)."""
+class Run:
+    """A run's composed objects and its phases (see the module docstring)."""
 
-    make: Callable[[], ToolEnv]
-    sandboxes: RecoveringSandboxes | None
+    config: TrainConfig
+    log: Log
+    learner: TransformersPolicy
+    generator: SyncedPolicy
+    trainer: PolicyTrainer
+    mix: RewardMix
+    supply: EnvSupply | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    metrics: MetricsWriter | None = None
+    samples: IO[str] | None = None
+    results: dict[str, EvalResult] = field(default_factory=dict)
+    warmup_nll: list[float] = field(default_factory=list)
 
-    def metrics(self) -> dict[str, float]:
-        return self.sandboxes.metrics.as_dict() if self.sandboxes is not None else {}
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @classmethod
+    def start(cls, config: TrainConfig, log: Log, *, resume: bool = False) -> Run:
+        """Load the model, make the generator, trainer and reward mix; resume if asked."""
+        make_env_factory(config)  # an unknown env fails here, before the model loads
+        started = time.perf_counter()
+        learner = load_learner(config.policy)
+        generator = make_policy(config.policy, learner,
+                                separate_weights=config.loop.max_staleness > 0)
+        ref_model = copy.deepcopy(learner.model) if config.optim.kl_coef > 0 else None
+        trainer = PolicyTrainer(learner.model, config.trainer, ref_model=ref_model)
+        run = cls(config, log, learner, generator, trainer,
+                  build_reward_mix(config.reward, config.loop.steps))
+        log(f"model: {config.policy.model or 'embedded SmolLM2-135M-Instruct'} "
+            f"({sum(p.numel() for p in learner.model.parameters()) / 1e6:.0f}M parameters, "
+            f"{config.policy.backend}) loaded in {time.perf_counter() - started:.1f} s")
+        if resume:
+            run._resume()
+        learner.interrupt = generator.policy.interrupt = run.stop
+        return run
+
+    def _resume(self) -> None:
+        for partial in remove_partial(self.checkpoints):
+            self.log(f"resume: removed {partial.name}, a save that did not finish")
+        found = latest_checkpoint(self.checkpoints)
+        for path, why in found.skipped:
+            self.log(f"resume: skipped {path.name}: {why}")
+        if found.path is None:
+            raise ConfigurationError(f"--resume: no complete checkpoint under {self.checkpoints}")
+        self.trainer.load_checkpoint(found.path)
+        self.generator.load_weights(self.learner.model)
+        self.log(f"resume: from {found.path} (step {self.trainer.steps_done})")
+
+    @property
+    def eval_policy(self) -> SyncedPolicy | TransformersPolicy:
+        """Evaluation samples with the learner's weights; through the generator's lock when
+        the two share them, as workers may sample at the same time."""
+        if self.generator.shares_weights_with(self.learner.model):
+            return self.generator
+        return self.learner
+
+    # ── phases ───────────────────────────────────────────────────────────────────────────────
+
+    async def evaluate(self, label: str, *, step: int) -> EvalResult:
+        """Held-out accuracy now; logged, and written to metrics.jsonl as ``eval/<label>``."""
+        assert self.supply is not None
+        started = time.perf_counter()
+        result = await evaluate(self.eval_policy, self.supply.make, self.config.eval,
+                                sampling=self.config.run_sampling, budget=self.config.budget)
+        took = time.perf_counter() - started
+        self.results[label] = result
+        key = "eval/base" if label == "before" else "eval/accuracy"
+        self._write(step, {key: result.accuracy, "eval/valid_fraction": result.valid_fraction,
+                           **({"eval/pass_at_k": result.pass_at_k} if result.k > 1 else {})})
+        self.log(f"eval {label}: accuracy {result.accuracy:.3f} on {result.episodes} held-out "
+                 f"tasks (valid {result.valid_fraction:.0%}) in {took:.1f} s")
+        release_memory()
+        return result
+
+    async def warm_up(self) -> None:
+        """Imitate the env's scripted expert for ``warmup.sft_steps`` steps (own optimiser,
+        freed afterwards), then evaluate."""
+        assert self.supply is not None
+        warm = self.config.warmup
+        imitator = PolicyTrainer(self.learner.model,
+                                 replace(self.config.trainer, learning_rate=warm.learning_rate))
+        started = time.perf_counter()
+
+        def on_step(step: int, nll: float) -> None:
+            self.log(f"warm-up step {step + 1}/{warm.sft_steps}: nll {nll:.3f} "
+                     f"({time.perf_counter() - started:.1f} s so far)")
+            release_memory()
+
+        self.warmup_nll = await imitate_expert(
+            imitator, self.learner.tokenizer, self.supply.make, steps=warm.sft_steps,
+            episodes_per_step=warm.episodes_per_step,
+            first_seed=WARMUP_FIRST_SEED + self.config.loop.seed * 1_000_003,
+            budget=self.config.budget, on_step=on_step, should_stop=self.stop.is_set,
+        )
+        del imitator  # its AdamW state is two copies of the weights
+        await asyncio.to_thread(self.generator.load_weights, self.learner.model)
+        release_memory()
+        if self.stop.is_set():
+            return
+        await self.evaluate("after warm-up", step=self.trainer.steps_done)
+
+    async def train_steps(self) -> int:
+        """The actor-learner loop; returns the steps done in this session."""
+        assert self.supply is not None
+        config = self.config
+        first = self.trainer.steps_done
+        remaining = config.loop.steps - first
+        if remaining <= 0:
+            return 0
+        self.log(f"training: {remaining} steps of {config.loop.groups_per_step}×"
+                 f"{config.loop.group_size} episodes, max_staleness {config.loop.max_staleness}, "
+                 f"reward {' + '.join(config.reward.terms)}")
+
+        def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
+            return self.mix.score([g.trajectories for g in groups], step=step,
+                                  ids=[g.index for g in groups])
+
+        return await run_loop(
+            generator=self.generator, trainer=self.trainer, make_env=self.supply.make,
+            score=score, config=replace(config.loop, steps=remaining),
+            sampling=config.run_sampling, budget=config.budget, on_step=self._on_step,
+            should_stop=self.stop.is_set, first_step=first,
+            group_failures=make_group_policy(config.group_failures.policy,
+                                             config.group_failures.max_reruns),
+        )
+
+    async def _on_step(self, report: StepReport) -> None:
+        row = {**step_metrics(report, self.config), **self.supply.metrics()}  # type: ignore[union-attr]
+        row["memory/rss_gb"] = release_memory() / 2**30  # after the step, garbage returned
+        row["memory/peak_gb"] = peak_rss_bytes() / 2**30
+        self._write(report.step, row)
+        self._write_samples(report)
+        done = report.step + 1
+        reward = " ".join(f"{k} {v:.2f}" for k, v in row.items() if k.startswith("reward/"))
+        self.log(f"step {done}/{self.config.loop.steps}: {reward}  valid "
+                 f"{row['valid_fraction']:.2f}  loss {row['loss']:+.3f}  "
+                 f"{report.wall_s:.1f} s (generator idle {row['generator_idle_fraction']:.0%})")
+        every = self.config.checkpoint_every
+        if every and done % every == 0:
+            self.save()
+        if self.config.eval.every and done % self.config.eval.every == 0 \
+                and done < self.config.loop.steps:
+            await self.evaluate(f"after step {done}", step=done)
+        release_memory()
+
+    def save(self) -> Path:
+        """A checkpoint of the trainer now, with the run's config; returns its directory."""
+        path = self.checkpoints / f"step-{self.trainer.steps_done}"
+        config = json.dumps(to_mapping(self.config), indent=2)
+        self.trainer.save_checkpoint(path, extra={RUN_CONFIG: config})
+        return path
+
+    def summarise(self, *, interrupted: bool) -> RunSummary:
+        """The last checkpoint, summary.json and the plot."""
+        checkpoint = self.save()
+        before, warm, after = (self.results.get(k) for k in ("before", "after warm-up", "after"))
+        if interrupted:
+            self.log(f"interrupted: checkpoint saved at step {self.trainer.steps_done} "
+                     f"({checkpoint})")
+            return RunSummary(self.run_dir, self.trainer.steps_done, before, None, None, True,
+                              warm, tuple(self.warmup_nll), checkpoint)
+        plot = plot_metrics(self.run_dir)
+        summary = RunSummary(self.run_dir, self.trainer.steps_done, before, after, plot, False,
+                             warm, tuple(self.warmup_nll), checkpoint)
+        _write_summary(summary)
+        baselines = [f"{name} {r.accuracy:.3f}" for name, r in
+                     (("before", before), ("after warm-up", warm)) if r is not None]
+        if after is not None:
+            self.log(f"after: accuracy {after.accuracy:.3f}"
+                     + (f" ({', '.join(baselines)})" if baselines else ""))
+        self.log(f"plot: {plot}")
+        return summary
+
+    # ── run directory ────────────────────────────────────────────────────────────────────────
+
+    def _write(self, step: int, row: dict[str, float]) -> None:
+        assert self.metrics is not None
+        self.metrics.write(step, row)
+
+    def _write_samples(self, report: StepReport) -> None:
+        assert self.samples is not None
+        for group in report.groups:
+            t = group.trajectories[0]
+            self.samples.write(json.dumps({
+                "step": report.step, "group": group.index, "seed": group.seed,
+                "status": t.status, "reward": t.reward.value, "messages": t.messages,
+            }) + "\n")
+        self.samples.flush()
+
+    @contextmanager
+    def files(self) -> Iterator[None]:
+        self.metrics = MetricsWriter(self.run_dir)
+        self.samples = (self.run_dir / "samples.jsonl").open("a")
+        try:
+            yield
+        finally:
+            self.metrics.close()
+            self.samples.close()
+
+    async def session(self, *, evaluate_before: bool, warm_up: bool) -> bool:
+        """All phases in one env supply; True when they ran to the end."""
+        config = self.config
+        at_once = max(config.loop.group_size * config.loop.rollout_workers, config.eval.episodes)
+        async with env_supply(config, episodes_at_once=at_once) as supply:
+            self.supply = supply
+            try:
+                if evaluate_before:
+                    await self.evaluate("before", step=self.trainer.steps_done)
+                if warm_up and not self.stop.is_set():
+                    await self.warm_up()
+                if not self.stop.is_set():
+                    await self.train_steps()
+                if not self.stop.is_set():
+                    await self.evaluate("after", step=self.trainer.steps_done)
+            except Interrupted:
+                pass
+            return not self.stop.is_set()
 
 
-@contextlib.asynccontextmanager
-async def env_supply(config: TrainConfig, *, episodes_at_once: int) -> AsyncIterator[EnvSupply]:
-    """The configured env. Sandbox envs share one warm :class:`SandboxPool` behind
-    :class:`RecoveringSandboxes` (journal replay on infra failures, agent attribution) and an
-    :class:`InfraCircuitBreaker`, so a flaky engine slows the run down or stops it instead of
-    biasing it."""
-    make = make_env_factory(config)
-    probe = make()
-    needs_sandbox = probe.needs_sandbox
-    await probe.aclose()
-    if not needs_sandbox:
-        yield EnvSupply(make, None)
-        return
-    async with SandboxPool(size=max(1, min(episodes_at_once, 16))) as pool:
-        sandboxes = RecoveringSandboxes(pool, breaker=InfraCircuitBreaker())
-        yield EnvSupply(lambda: make(sandboxes=sandboxes), sandboxes)
-
-
-def build_reward_mix(config: RewardConfig, steps: int) -> RewardMix:
-    estimator = {"grpo": GRPO, "dr_grpo": DrGRPO, "rloo": RLOO}[config.estimator](
-        min_valid=config.min_valid
-    )
-    schedule = {
-        "constant": Constant(config.intrinsic_weight),
-        "linear": Linear(config.intrinsic_weight, 0.0, steps),
-        "cosine": Cosine(config.intrinsic_weight, 0.0, steps),
-    }[config.schedule]
-    terms: dict[str, Term] = {}
-    if config.mode in ("gold", "mixed"):
-        terms["gold"] = Term(1.0)
-    if config.mode in ("intrinsic", "mixed"):
-        terms[config.intrinsic] = Term(schedule if config.mode == "mixed" else 1.0, intrinsic=True)
-    return RewardMix(terms, estimator=estimator)
-
-
-def reward_tensors(groups: Sequence[Group], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """Each term's per-trajectory reward, flat in group then episode order.
-
-    Intrinsic terms use the statistics the policy recorded while sampling (the current policy,
-    so they cannot be gamed by pleasing a frozen scorer).
-    """
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for group in groups:
-        answers = [_answer(t) for t in group.trajectories]
-        votes = majority_vote(answers).rewards.tolist() if "majority_vote" in names else None
-        for i, t in enumerate(group.trajectories):
-            mask = torch.tensor(t.loss_mask, dtype=torch.bool)
-            for name in names:
-                if name == "gold":
-                    value = t.reward.value
-                elif name == "majority_vote":
-                    value = votes[i]
-                elif name == "self_certainty":
-                    value = _masked_mean(t.self_certainty, mask)
-                else:  # entropy minimisation: lower entropy, higher reward
-                    value = -_masked_mean(t.entropy, mask)
-                out[name].append(value)
-    return {name: torch.tensor(values, dtype=torch.float32) for name, values in out.items()}
-
-
-def _answer(t: Trajectory) -> str | None:
-    if t.answer is None:
-        return None
-    return boxed(t.answer) or t.answer.strip() or None
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    return float(values[mask].mean()) if mask.any() else 0.0
-
-
-async def evaluate(
-    policy, make_env, config: EvalConfig, *, max_turns: int, max_tokens: int, max_new_tokens: int
-) -> EvalResult:
-    """Greedy accuracy and pass@k (k samples at τ=1, unbiased estimator) on held-out seeds."""
-    seeds = [config.first_seed + i for i in range(config.episodes)]
-    budget = Budget(max_tokens=max_tokens, max_turns=max_turns)
-    greedy = SamplingParams(max_new_tokens=max_new_tokens, temperature=0.0, stop=TURN_STOPS)
-    envs = [make_env() for _ in seeds]
-    try:
-        trajectories = await rollout(policy, envs, seeds=seeds, sampling=greedy, budget=budget)
-        valid = [t for t in trajectories if t.valid]
-        accuracy = sum(t.reward.value >= 1.0 for t in valid) / max(len(valid), 1)
-        pass_at_k = accuracy
-        if config.k > 1:
-            sampled = SamplingParams(max_new_tokens=max_new_tokens, temperature=1.0,
-                                     stop=TURN_STOPS, seed=config.first_seed)
-            solved = []
-            for seed in seeds:
-                group = await rollout(policy, envs[: config.k], seeds=[seed] * config.k,
-                                      sampling=sampled, budget=budget)
-                correct = sum(t.valid and t.reward.value >= 1.0 for t in group)
-                solved.append(_pass_at_k(config.k, correct, config.k))
-            pass_at_k = sum(solved) / len(solved)
-    finally:
-        for env in envs:
-            await env.aclose()
-    return EvalResult(accuracy, pass_at_k, config.k, len(valid) / len(trajectories), len(seeds))
-
-
-def evaluate_config(config: TrainConfig, *, checkpoint: str | Path | None = None) -> EvalResult:
-    """``gymbox eval``: the configured model (or a checkpoint of it) on held-out seeds."""
-    make_env_factory(config)
-    policy = load_policy(config.model, checkpoint=checkpoint)
-
-    async def session() -> EvalResult:
-        async with env_supply(config, episodes_at_once=config.eval.episodes) as supply:
-            return await evaluate(
-                policy, supply.make, config.eval, max_turns=config.max_turns,
-                max_tokens=config.max_tokens, max_new_tokens=config.sampling.max_new_tokens,
-            )
-
-    return asyncio.run(session())
-
-
-def _pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples with c correct (Chen et al., 2021): 1 - C(n-c,k)/C(n,k)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def train(config: TrainConfig, *, console: Console | None = None, evaluate_before: bool = True,
+def train(config: TrainConfig, *, console: Any = None, evaluate_before: bool = True,
           resume: bool = False) -> RunSummary:
-    """Run training as configured; Ctrl-C saves a checkpoint and returns cleanly."""
-    console = console or Console()
+    """Run training as configured (see the module docstring); Ctrl-C saves a checkpoint and
+    returns a summary with ``interrupted=True``."""
+    limit_malloc_arenas()
+    log = Log(console)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(to_mapping(config), indent=2))
-    torch.manual_seed(config.seed)
-    make_env_factory(config)  # an unknown env fails here, before the model loads
+    torch.manual_seed(config.loop.seed)
+    log(f"gymbox train {config.env} → {run_dir}")
+    run = Run.start(config, log, resume=resume)
+    with run.files(), _stop_on_sigint(run.stop, log):
+        finished = asyncio.run(run.session(
+            evaluate_before=evaluate_before, warm_up=config.warmup.sft_steps > 0 and not resume))
+        return run.summarise(interrupted=not finished)
 
-    console.print(f"[bold]gymbox train[/] {config.env} → {run_dir}")
-    with console.status("loading the model"):
-        learner = TransformersPolicy.load(config.model)
-        sampler = learner
-        if config.max_staleness > 0:
-            sampler = TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer)
-        generator = SyncedPolicy(sampler)
-    optim = config.optim
-    trainer_config = TrainerConfig(
-        learning_rate=optim.learning_rate, weight_decay=optim.weight_decay,
-        clip=ClipRange(optim.clip_low, optim.clip_high), kl_coef=optim.kl_coef,
-        micro_batch_size=optim.micro_batch_size, max_grad_norm=optim.max_grad_norm,
-        temperature=config.sampling.temperature,
-    )
-    ref_model = copy.deepcopy(learner.model) if optim.kl_coef > 0 else None
-    trainer = PolicyTrainer(learner.model, trainer_config, ref_model=ref_model)
-    first_step = 0
-    checkpoints = run_dir / "checkpoints"
-    if resume:
-        latest = _latest_checkpoint(checkpoints)
-        if latest is None:
-            raise ConfigurationError(f"--resume: no checkpoint under {checkpoints}")
-        trainer.load_checkpoint(latest)
-        first_step = trainer.steps_done
-        generator.load_weights(learner.model)
-        console.print(f"resumed from {latest} at step {first_step}")
 
-    eval_kwargs = dict(max_turns=config.max_turns, max_tokens=config.max_tokens,
-                       max_new_tokens=config.sampling.max_new_tokens)
-    mix = build_reward_mix(config.reward, config.steps)
-    loop_config = LoopConfig(
-        steps=config.steps - first_step, groups_per_step=config.groups_per_step,
-        group_size=config.group_size, max_staleness=config.max_staleness,
-        rollout_workers=config.rollout_workers, seed=config.seed,
-    )
-    sampling = SamplingParams(
-        max_new_tokens=config.sampling.max_new_tokens, temperature=config.sampling.temperature,
-        top_p=config.sampling.top_p, stop=TURN_STOPS, seed=config.seed,
-    )
-    budget = Budget(max_tokens=config.max_tokens, max_turns=config.max_turns)
+@contextmanager
+def _stop_on_sigint(stop: threading.Event, log: Log) -> Iterator[None]:
+    """The first Ctrl-C asks the run to stop (it saves a checkpoint); a second one raises
+    KeyboardInterrupt at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
 
-    def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
-        flat = [t for g in groups for t in g.trajectories]
-        valid = torch.tensor([t.valid for t in flat])
-        ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
-        rewards = reward_tensors(groups, list(mix.terms))
-        return mix.advantages(rewards, valid, ids, step=step)
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+        log("stopping: finishing the call under way, then saving a checkpoint "
+            "(Ctrl-C again to quit at once)")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    stop = {"requested": False}
-    metrics = MetricsWriter(run_dir)
-    samples_file = (run_dir / "samples.jsonl").open("a")
-    progress = Progress(TextColumn("[bold]training"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[status]}"), TimeElapsedColumn(), console=console)
-    task = progress.add_task("train", total=config.steps, completed=first_step, status="")
-
-    async def session() -> tuple[EvalResult | None, tuple[list[float], EvalResult] | None,
-                                 int, EvalResult | None]:
-        at_once = max(config.group_size * config.rollout_workers, config.eval.episodes)
-        async with env_supply(config, episodes_at_once=at_once) as supply:
-            before = None
-            if evaluate_before:
-                with console.status(f"held-out evaluation ({config.eval.episodes} episodes)"):
-                    before = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
-                console.print(f"before: accuracy {before.accuracy:.3f} "
-                              f"on {before.episodes} held-out tasks")
-            warm = None
-            if config.warmup.sft_steps > 0 and not resume:
-                warm = await warm_up(supply.make)
-
-            def on_step(report: StepReport) -> None:
-                row = {**_step_metrics(report), **supply.metrics()}
-                metrics.write(report.step, row)
-                for group in report.groups:
-                    t = group.trajectories[0]
-                    samples_file.write(json.dumps({
-                        "step": report.step, "group": group.index, "seed": group.seed,
-                        "status": t.status, "reward": t.reward.value, "messages": t.messages,
-                    }) + "\n")
-                samples_file.flush()
-                progress.update(task, advance=1, status=(
-                    f"reward {row['reward/mean']:.2f}  valid {row['valid_fraction']:.2f}  "
-                    f"loss {row['loss']:+.3f}"))
-                done = report.step + 1
-                if config.checkpoint_every and done % config.checkpoint_every == 0:
-                    trainer.save_checkpoint(checkpoints / f"step-{done}")
-
-            with progress:
-                steps_done = await run_loop(
-                    generator=generator, trainer=trainer, make_env=supply.make, score=score,
-                    config=loop_config, sampling=sampling, budget=budget, on_step=on_step,
-                    should_stop=lambda: stop["requested"], first_step=first_step,
-                )
-            after = None
-            if not stop["requested"]:
-                with console.status("held-out evaluation"):
-                    after = await evaluate(learner, supply.make, config.eval, **eval_kwargs)
-            return before, warm, steps_done, after
-
-    async def warm_up(make_env: Callable[[], ToolEnv]) -> tuple[list[float], EvalResult]:
-        imitator = PolicyTrainer(learner.model, dataclasses.replace(
-            trainer_config, learning_rate=config.warmup.learning_rate))
-        with console.status(f"warm-up: imitating {config.env}'s scripted expert") as status:
-            nll = await imitate_expert(
-                imitator, learner.tokenizer, make_env, steps=config.warmup.sft_steps,
-                episodes_per_step=config.warmup.episodes_per_step,
-                first_seed=WARMUP_FIRST_SEED + config.seed * 1_000_003, budget=budget,
-                on_step=lambda step, loss: status.update(
-                    f"warm-up step {step + 1}/{config.warmup.sft_steps}: nll {loss:.3f}"),
-            )
-            await asyncio.to_thread(generator.load_weights, learner.model)
-            status.update("held-out evaluation")
-            accuracy = await evaluate(learner, make_env, config.eval, **eval_kwargs)
-        console.print(f"warm-up: {len(nll)} imitation steps, nll {nll[0]:.3f} → {nll[-1]:.3f}; "
-                      f"accuracy {accuracy.accuracy:.3f}")
-        return nll, accuracy
-
-    # Ctrl-C ends the run after the step in flight, with a checkpoint, instead of mid-update.
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.update(requested=True))
+    signal.signal(signal.SIGINT, handler)
     try:
-        before, warm, steps_done, after = asyncio.run(session())
+        yield
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
-        metrics.close()
-        samples_file.close()
-    total_steps = first_step + steps_done
-    trainer.save_checkpoint(checkpoints / f"step-{total_steps}")
-    warmup_nll, after_warmup = warm if warm is not None else ((), None)
-    if after is None:
-        console.print(f"interrupted: checkpoint saved at step {total_steps}")
-        return RunSummary(run_dir, total_steps, before, None, None, interrupted=True,
-                          after_warmup=after_warmup, warmup_nll=tuple(warmup_nll))
-    baselines = [f"{name} {result.accuracy:.3f}" for name, result in
-                 (("before", before), ("after warm-up", after_warmup)) if result is not None]
-    console.print(f"after:  accuracy {after.accuracy:.3f}"
-                  + (f" ({', '.join(baselines)})" if baselines else ""))
-    plot = plot_metrics(run_dir)
-    summary = RunSummary(run_dir, total_steps, before, after, plot, interrupted=False,
-                         after_warmup=after_warmup, warmup_nll=tuple(warmup_nll))
-    _write_summary(summary)
-    console.print(f"plot: {plot}")
-    return summary
+        signal.signal(signal.SIGINT, previous)
 
 
-def _step_metrics(report: StepReport) -> dict[str, float]:
+def step_metrics(report: StepReport, config: TrainConfig) -> dict[str, float]:
+    """One step's metrics row: the reward mix's terms, weights and guard, the loss, the group
+    policy's work, throughput, and infrastructure failures by kind."""
     flat = [t for g in report.groups for t in g.trajectories]
     valid = [t for t in flat if t.valid]
-    row: dict[str, float] = {
-        "reward/mean": sum(t.reward.value for t in valid) / max(len(valid), 1),
-        "valid_fraction": len(valid) / len(flat),
-        "groups_dropped": float(report.advantages.dropped_groups.numel()),
-        "stale_groups_dropped": float(report.stale_groups_dropped),
+    advantages = report.advantages
+    row: dict[str, float] = advantages.metrics()
+    row.update({
         "loss": report.update.loss,
-        "kl": report.update.kl,
         "clip_fraction": report.update.clip_fraction,
         "grad_norm": report.update.grad_norm,
         "tokens_per_s": sum(len(t.token_ids) for t in flat) / max(report.wall_s, 1e-9),
         "generator_idle_fraction": report.generator_idle_s / max(report.wall_s, 1e-9),
         "turns": sum(t.turns for t in flat) / len(flat),
-    }
-    components: dict[str, list[float]] = {}
-    for t in valid:
-        for name, component in t.reward.components.items():
-            components.setdefault(name, []).append(component.value)
-    for name, values in components.items():
-        row[f"reward/{name}"] = sum(values) / len(values)
-    tokens = [(t.entropy, t.self_certainty, torch.tensor(t.loss_mask, dtype=torch.bool))
-              for t in valid]
-    if tokens:
-        row["entropy"] = sum(_masked_mean(e, m) for e, _, m in tokens) / len(tokens)
-        row["self_certainty"] = sum(_masked_mean(s, m) for _, s, m in tokens) / len(tokens)
+        "groups/reruns": float(sum(g.reruns for g in report.groups)),
+        "groups/replaced": float(sum(g.replaced for g in report.groups)),
+        "groups/dropped": float(sum(g.dropped for g in report.groups)),
+    })
+    if config.optim.kl_coef > 0:
+        row["kl"] = report.update.kl
+    if config.loop.max_staleness > 0:
+        row["stale_groups_dropped"] = float(report.stale_groups_dropped)
+    if valid:
+        row["gold"] = sum(t.reward.value for t in valid) / len(valid)
+        row["entropy"] = sum(_mean(t.entropy, t.loss_mask) for t in valid) / len(valid)
+        row["self_certainty"] = sum(_mean(t.self_certainty, t.loss_mask)
+                                    for t in valid) / len(valid)
     for t in flat:
         if not t.valid:
             kind = t.reward.reason or "unknown"
@@ -506,9 +493,9 @@ def _step_metrics(report: StepReport) -> dict[str, float]:
     return row
 
 
-def _latest_checkpoint(directory: Path) -> Path | None:
-    steps = sorted(directory.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
-    return steps[-1] if steps else None
+def _mean(values: torch.Tensor, mask: Sequence[int]) -> float:
+    m = torch.as_tensor(mask, dtype=torch.bool)
+    return float(values[m].mean()) if m.any() else 0.0
 
 
 def _write_summary(summary: RunSummary) -> None:
@@ -519,3 +506,33 @@ def _write_summary(summary: RunSummary) -> None:
             "after": result(summary.after), "warmup_nll": list(summary.warmup_nll),
             "steps": summary.steps, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (summary.run_dir / "summary.json").write_text(json.dumps(data, indent=2))
+
+
+# ── gymbox eval ──────────────────────────────────────────────────────────────────────────────
+
+def checkpoint_config(checkpoint: str | Path) -> TrainConfig:
+    """The config of the run that wrote ``checkpoint``: its own ``run_config.json``, else the
+    run directory's ``config.json`` two levels up.
+
+    Raises:
+        ConfigurationError: neither exists.
+    """
+    checkpoint = Path(checkpoint)
+    for path in (checkpoint / RUN_CONFIG, checkpoint.parent.parent / "config.json"):
+        if path.is_file():
+            return from_mapping(TrainConfig, json.loads(path.read_text()))
+    raise ConfigurationError(f"{checkpoint} has no {RUN_CONFIG} and no run config.json above "
+                             "it; pass --config with the run's config")
+
+
+def evaluate_config(config: TrainConfig, *, checkpoint: str | Path | None = None) -> EvalResult:
+    """``gymbox eval``: the configured model (or a checkpoint of it) on held-out seeds."""
+    make_env_factory(config)
+    policy = load_learner(config.policy, checkpoint=checkpoint)
+
+    async def session() -> EvalResult:
+        async with env_supply(config, episodes_at_once=config.eval.episodes) as supply:
+            return await evaluate(policy, supply.make, config.eval,
+                                  sampling=config.run_sampling, budget=config.budget)
+
+    return asyncio.run(session())

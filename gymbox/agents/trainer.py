@@ -17,13 +17,14 @@ A step:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from gymbox.agents.checkpoints import atomic_directory
 from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs
 
 
@@ -205,22 +206,28 @@ class PolicyTrainer:
             self.optimizer.step()
         return step_tokens, float(grad_norm)
 
-    def save_checkpoint(self, directory: str | Path) -> Path:
-        """Write model weights, optimiser state and step count to ``directory``."""
+    def save_checkpoint(self, directory: str | Path,
+                        extra: Mapping[str, str] | None = None) -> Path:
+        """Write model weights, optimiser state and step count to ``directory``, atomically
+        (:func:`~gymbox.agents.checkpoints.atomic_directory`: a complete checkpoint or none,
+        whatever kills the process). ``extra`` maps file names to text written with them
+        (``gymbox train`` adds the run's config)."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        torch.save(
-            {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "steps_done": self.steps_done,
-                "torch_rng": torch.get_rng_state(),
-            },
-            directory / "trainer.pt",
-        )
-        (directory / "trainer_config.json").write_text(
-            json.dumps(asdict(self.config), indent=2, default=str)
-        )
+        with atomic_directory(directory) as tmp:
+            torch.save(
+                {
+                    "model": self.model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "steps_done": self.steps_done,
+                    "torch_rng": torch.get_rng_state(),
+                },
+                tmp / "trainer.pt",
+            )
+            (tmp / "trainer_config.json").write_text(
+                json.dumps(asdict(self.config), indent=2, default=str)
+            )
+            for name, text in (extra or {}).items():
+                (tmp / name).write_text(text)
         return directory
 
     def load_checkpoint(self, directory: str | Path) -> None:

@@ -50,9 +50,11 @@ async def imitate_expert(
     first_seed: int,
     budget: Budget,
     on_step: Callable[[int, float], None] = lambda step, nll: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> list[float]:
     """Run ``steps`` imitation steps, each on ``episodes_per_step`` fresh demonstrations (task
     seeds ``first_seed``, ``first_seed + 1``, ...); returns each step's NLL before its update.
+    ``should_stop`` is asked before each step: a stop ends the warm-up early.
 
     Raises:
         NotImplementedError: the env has no scripted expert.
@@ -62,6 +64,8 @@ async def imitate_expert(
     losses: list[float] = []
     try:
         for step in range(steps):
+            if should_stop():
+                break
             seeds = [first_seed + step * episodes_per_step + i for i in range(episodes_per_step)]
             played = await demonstrate(tokenizer, envs, seeds=seeds, budget=budget)
             samples = [_sample(t) for t in played if t.valid and t.reward.value >= 1.0]

@@ -131,6 +131,35 @@ def semantic_entropy(clusters: Sequence[int | None]) -> float:
     return -sum((n / size) * math.log(n / size) for n in counts.values())
 
 
+def likelihood_semantic_entropy(
+    clusters: Sequence[int | None], sequence_logprobs: Sequence[float] | Tensor
+) -> float:
+    r"""SEED-GRPO's semantic entropy, clusters weighted by sequence likelihood (arXiv 2505.12346).
+
+    p(C_k) = Σ_{i ∈ C_k} π(o_i | q) / Σ_i π(o_i | q), with π(o_i | q) = exp(Σ_t log π(y_t)) the
+    sampled response's probability, and SE = -Σ_k p(C_k) log p(C_k). Unparseable answers are
+    clusters of their own, as in :func:`semantic_entropy`. With equal likelihoods this is the
+    count-based estimate.
+
+    Example:
+        >>> round(likelihood_semantic_entropy([0, 0, 1, 1], [-1.0, -1.0, -1.0, -1.0]), 4)
+        0.6931
+        >>> likelihood_semantic_entropy([0, 1], [0.0, -50.0]) < 1e-15   # one answer dominates
+        True
+    """
+    logprobs = torch.as_tensor(sequence_logprobs, dtype=torch.float64)
+    if logprobs.shape != (len(clusters),) or not clusters:
+        raise ValueError("need one sequence log-prob per answer, and at least one answer")
+    if not torch.isfinite(logprobs).all():
+        raise ValueError("sequence log-probs must be finite")
+    weights = torch.softmax(logprobs, dim=0)
+    mass: dict[int | str, float] = {}
+    for position, cluster in enumerate(clusters):
+        key: int | str = cluster if cluster is not None else f"unparsed-{position}"
+        mass[key] = mass.get(key, 0.0) + float(weights[position])
+    return -sum(p * math.log(p) for p in mass.values() if p > 0)
+
+
 def seed_scale(
     entropy: float,
     group_size: int,

@@ -31,8 +31,9 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +42,13 @@ from torch import Tensor
 
 from gymbox.rewards.advantages import GRPO, AdvantageEstimator, Advantages
 from gymbox.rewards.record import RewardComponent, RewardRecord
+from gymbox.rewards.terms import RewardTerm, Scored, is_labelled
+
+
+class GroupScale(Protocol):
+    """A factor for one group's advantages (e.g. :class:`~gymbox.rewards.terms.SeedScale`)."""
+
+    def __call__(self, group: Sequence[Scored]) -> float: ...
 
 
 class Schedule(Protocol):
@@ -134,12 +142,21 @@ class EntropyGuard:
 
 @dataclass(frozen=True, slots=True)
 class Term:
-    """One reward term of a mix: its weight (a number or a :class:`Schedule`) and its kind."""
+    """One reward term of a mix: its weight (a number or a :class:`Schedule`), its kind, and
+    (for :meth:`RewardMix.score`) the :class:`~gymbox.rewards.terms.RewardTerm` that scores a
+    group. With ``reward`` given, ``intrinsic`` defaults to the reward term's own."""
 
     weight: Schedule | float
-    intrinsic: bool = False
+    intrinsic: bool | None = None
+    reward: RewardTerm | None = None
+
+    def __post_init__(self) -> None:
+        if self.intrinsic is None:
+            kind = bool(getattr(self.reward, "intrinsic", False))
+            object.__setattr__(self, "intrinsic", kind)
 
     def weight_at(self, step: int) -> float:
+        """The weight at ``step``: the schedule's value, or the constant."""
         return self.weight(step) if callable(self.weight) else float(self.weight)
 
 
@@ -166,24 +183,55 @@ class GoldWhereLabelled:
 
 
 @dataclass(frozen=True, slots=True)
-class MixedAdvantages:
-    """The mixed advantages and how they were made.
+class MixedAdvantages(Advantages):
+    """The mixed advantages and how they were made (an :class:`Advantages` the loop trains on).
 
     Attributes:
-        values: ``[N]`` float32, Σ_k w_k · A_k; 0 where ``keep`` is false.
+        values: ``[N]`` float32, Σ_k w_k · A_k (times the group's scale); 0 where ``keep`` is
+            false.
         keep: ``[N]`` bool; the trajectories that entered at least one term's statistics.
         dropped_groups: ids of groups none of whose members were kept.
         invalid: how many trajectories were invalid.
         weights: each term's effective weight at this step (schedule × guard).
         terms: each term's own :class:`Advantages`.
+        rewards: each term's ``[N]`` raw rewards (only from :meth:`RewardMix.score`).
+        applies: each term's ``[N]`` bool: valid and covered by the term.
+        records: one :class:`RewardRecord` per trajectory (only from :meth:`RewardMix.score`).
+        guard_factor: the entropy guard's factor on the intrinsic weights, None without one.
+        mean_entropy: the batch's mean token entropy the guard saw.
+        labelled: ``[N]`` bool, whether each sample's task counted as labelled.
+        scales: ``[N]`` each member's group scale (SEED-GRPO), all 1 without one.
     """
 
-    values: Tensor
-    keep: Tensor
-    dropped_groups: Tensor
-    invalid: int
     weights: dict[str, float]
     terms: dict[str, Advantages]
+    rewards: dict[str, Tensor] = field(default_factory=dict)
+    applies: dict[str, Tensor] = field(default_factory=dict)
+    records: tuple[RewardRecord, ...] = ()
+    guard_factor: float | None = None
+    mean_entropy: float | None = None
+    labelled: Tensor | None = None
+    scales: Tensor | None = None
+
+    def metrics(self) -> dict[str, float]:
+        """Per-step log values: ``reward/<term>`` (mean over the samples the term covers),
+        ``weight/<term>``, ``guard/factor``, ``guard/entropy``, ``labelled_fraction``,
+        ``seed_scale``, next to :meth:`Advantages.metrics`'s counts."""
+        row = super(MixedAdvantages, self).metrics()
+        for name, weight in self.weights.items():
+            row[f"weight/{name}"] = weight
+            covered = self.applies.get(name)
+            if name in self.rewards and covered is not None and bool(covered.any()):
+                row[f"reward/{name}"] = float(self.rewards[name][covered].float().mean())
+        if self.guard_factor is not None:
+            row["guard/factor"] = self.guard_factor
+        if self.mean_entropy is not None:
+            row["guard/entropy"] = self.mean_entropy
+        if self.labelled is not None and self.labelled.numel():
+            row["labelled_fraction"] = float(self.labelled.float().mean())
+        if self.scales is not None and self.scales.numel():
+            row["seed_scale"] = float(self.scales.float().mean())
+        return row
 
 
 @dataclass
@@ -203,10 +251,74 @@ class RewardMix:
     estimator: AdvantageEstimator = field(default_factory=GRPO)
     applies: Applicability = field(default_factory=Additive)
     guard: EntropyGuard | None = None
+    scale: GroupScale | None = None
+    labelled_fraction: float = 1.0
+    train_on: int | None = None
 
     def __post_init__(self) -> None:
         if not self.terms:
             raise ValueError("RewardMix needs at least one term")
+        if not 0.0 <= self.labelled_fraction <= 1.0:
+            raise ValueError(f"labelled_fraction must be in [0, 1], got {self.labelled_fraction}")
+        if self.train_on is not None and self.train_on < 1:
+            raise ValueError(f"train_on must be >= 1 or None, got {self.train_on}")
+
+    def score(self, groups: Sequence[Sequence[Scored]], *, step: int,
+              ids: Sequence[int] | None = None) -> MixedAdvantages:
+        """Score whole groups with the terms' own :class:`RewardTerm` objects, then mix.
+
+        Each term scores each group (votes see every valid member); the estimator then uses
+        the first ``train_on`` members of each group (all when None: TTRL votes on more samples
+        than it trains on). A task is labelled when :func:`~gymbox.rewards.terms.is_labelled`
+        says so for its seed at ``labelled_fraction``; the applicability policy decides which
+        terms cover it. The ``scale`` (SEED-GRPO) multiplies each group's advantages.
+
+        Args:
+            groups: each group's members, in order; the result is flat in that order.
+            step: the training step, for the schedules.
+            ids: each group's id (its position by default).
+
+        Raises:
+            ValueError: a term has no ``reward`` to score with, or an empty group.
+        """
+        unscored = [name for name, term in self.terms.items() if term.reward is None]
+        if unscored:
+            raise ValueError(f"score() needs every Term to have a reward; {unscored} have none")
+        if any(len(g) == 0 for g in groups):
+            raise ValueError("every group needs at least one member")
+        ids = list(range(len(groups))) if ids is None else list(ids)
+        flat = [t for g in groups for t in g]
+        group_ids = torch.tensor([i for i, g in zip(ids, groups, strict=True) for _ in g])
+        valid = torch.tensor([t.reward.valid for t in flat], dtype=torch.bool)
+        position = torch.tensor([k for g in groups for k in range(len(g))])
+        trained = valid if self.train_on is None else valid & (position < self.train_on)
+        labelled = torch.tensor(
+            [is_labelled(t.seed, self.labelled_fraction) for t in flat], dtype=torch.bool)
+        rewards = {name: torch.cat([term.reward(g).float() for g in groups])  # type: ignore[misc]
+                   for name, term in self.terms.items()}
+        mean_entropy = None
+        if self.guard is not None:
+            means = [float(t.entropy[torch.as_tensor(t.loss_mask, dtype=torch.bool)].mean())
+                     for t in flat if t.reward.valid and any(t.loss_mask)]
+            mean_entropy = sum(means) / len(means) if means else 0.0
+        mixed = self.advantages(rewards, trained, group_ids, step=step, labelled=labelled,
+                                mean_entropy=mean_entropy)
+        scales = torch.ones(len(flat))
+        if self.scale is not None:
+            scales = torch.cat([torch.full((len(g),), self.scale(g)) for g in groups])
+        applies = {name: trained & self.applies(term, labelled)
+                   for name, term in self.terms.items()}
+        return dataclasses.replace(
+            mixed, invalid=int((~valid).sum()), values=(mixed.values * scales).float(),
+            rewards=rewards, applies=applies,
+            records=tuple(self.records(rewards, valid, mixed.weights, labelled)),
+            guard_factor=self._guard_factor(mean_entropy), mean_entropy=mean_entropy,
+            labelled=labelled[valid], scales=scales[valid])
+
+    def _guard_factor(self, mean_entropy: float | None) -> float | None:
+        if self.guard is None or mean_entropy is None:
+            return None
+        return self.guard(mean_entropy)
 
     def weights(self, step: int, mean_entropy: float | None = None) -> dict[str, float]:
         """Each term's weight at ``step``, intrinsic ones scaled by the entropy guard.
@@ -214,11 +326,10 @@ class RewardMix:
         Raises:
             ValueError: if a guard is set and ``mean_entropy`` is not given.
         """
-        factor = 1.0
-        if self.guard is not None:
-            if mean_entropy is None:
-                raise ValueError("this RewardMix has an EntropyGuard: pass mean_entropy")
-            factor = self.guard(mean_entropy)
+        if self.guard is not None and mean_entropy is None:
+            raise ValueError("this RewardMix has an EntropyGuard: pass mean_entropy")
+        factor = self._guard_factor(mean_entropy)
+        factor = 1.0 if factor is None else factor
         return {
             name: term.weight_at(step) * (factor if term.intrinsic else 1.0)
             for name, term in self.terms.items()
@@ -267,7 +378,10 @@ class RewardMix:
         dropped = ids[~torch.isin(ids, groups[keep])]
         invalid = int((~valid).sum())
         return MixedAdvantages(
-            torch.where(keep, values, 0.0).float(), keep, dropped, invalid, weights, per_term
+            torch.where(keep, values, 0.0).float(), keep, dropped, invalid, weights, per_term,
+            applies={name: valid & self.applies(term, labelled)
+                     for name, term in self.terms.items()},
+            rewards=dict(rewards),
         )
 
     def records(

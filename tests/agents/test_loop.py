@@ -12,10 +12,14 @@ import torch
 from gymbox.agents.loop import Group, LoopConfig, StalenessGate, SyncedPolicy, run_loop
 from gymbox.agents.policy import SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import TURN_STOPS, Budget, rollout
-from gymbox.agents.train import TrainConfig, env_supply, reward_tensors, train
+from gymbox.agents.run_config import TrainConfig
+from gymbox.agents.supply import env_supply
+from gymbox.agents.train import train
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
+from gymbox.config import from_mapping
 from gymbox.envs.builtin.calculator import Calculator
 from gymbox.rewards.advantages import GRPO
+from gymbox.rewards.terms import Gold
 
 SAMPLING = SamplingParams(max_new_tokens=6, temperature=1.0, stop=TURN_STOPS, seed=0)
 BUDGET = Budget(max_tokens=512, max_turns=1)
@@ -23,7 +27,7 @@ BUDGET = Budget(max_tokens=512, max_turns=1)
 
 def gold_advantages(groups, step):
     flat = [t for g in groups for t in g.trajectories]
-    rewards = reward_tensors(groups, ["gold"])["gold"]
+    rewards = torch.cat([Gold()(g.trajectories) for g in groups])
     # A signal even when every answer is wrong: prefer shorter completions.
     rewards = rewards - 0.01 * torch.tensor([float(t.model_tokens) for t in flat])
     ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
@@ -121,12 +125,12 @@ async def test_the_gate_admits_one_step_ahead_per_unit_of_staleness():
 
 @pytest.mark.docker
 def test_training_on_a_sandbox_env_shares_a_recovering_pool(tmp_path, tiny_model_dir):
-    config = TrainConfig(
-        env="gymbox/PythonMath-v0", model=str(tiny_model_dir), run_dir=str(tmp_path / "run"),
-        steps=1, group_size=2, groups_per_step=1, max_turns=1,
-    )
-    config = replace(config, sampling=replace(config.sampling, max_new_tokens=8),
-                     eval=replace(config.eval, episodes=2))
+    config = from_mapping(TrainConfig, {
+        "env": "gymbox/PythonMath-v0", "policy": {"model": str(tiny_model_dir)},
+        "run_dir": str(tmp_path / "run"),
+        "loop": {"steps": 1, "group_size": 2, "groups_per_step": 1, "rollout_workers": 1},
+        "budget": {"max_turns": 1}, "sampling": {"max_new_tokens": 8}, "eval": {"episodes": 2},
+    })
     summary = train(config, evaluate_before=False)
     assert summary.steps == 1 and summary.after.valid_fraction == 1.0
     rows = (tmp_path / "run" / "metrics.jsonl").read_text()

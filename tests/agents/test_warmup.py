@@ -5,16 +5,17 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from dataclasses import replace
 
 import pytest
 import torch
 
 from gymbox.agents.policy import TransformersPolicy
 from gymbox.agents.rollout import Budget, ChatFormat, demonstrate
-from gymbox.agents.train import TrainConfig, WarmupConfig, train
+from gymbox.agents.run_config import TrainConfig
+from gymbox.agents.train import train
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
 from gymbox.agents.warmup import NoDemonstrations, imitate_expert
+from gymbox.config import from_mapping
 from gymbox.envs.builtin.python_calc import PythonCalc
 from gymbox.runtime.pool import SandboxPool
 
@@ -88,13 +89,14 @@ async def test_a_warm_up_without_one_good_demonstration_fails_and_changes_nothin
 
 @pytest.mark.docker
 def test_train_reports_accuracy_after_the_warm_up_and_after_rl(tmp_path, tiny_model_dir):
-    config = TrainConfig(
-        env="gymbox/PythonCalc-v0", model=str(tiny_model_dir), run_dir=str(tmp_path / "run"),
-        steps=1, group_size=2, groups_per_step=1, max_turns=2,
-        warmup=WarmupConfig(sft_steps=2, episodes_per_step=2, learning_rate=1e-2),
-    )
-    config = replace(config, sampling=replace(config.sampling, max_new_tokens=8),
-                     eval=replace(config.eval, episodes=2))
+    config = from_mapping(TrainConfig, {
+        "env": "gymbox/PythonCalc-v0", "policy": {"model": str(tiny_model_dir)},
+        "run_dir": str(tmp_path / "run"),
+        "loop": {"steps": 1, "group_size": 2, "groups_per_step": 1, "rollout_workers": 1},
+        "budget": {"max_turns": 2, "max_tokens": 1024}, "sampling": {"max_new_tokens": 8},
+        "warmup": {"sft_steps": 2, "episodes_per_step": 2, "learning_rate": 1e-2},
+        "eval": {"episodes": 2},
+    })
     summary = train(config)
     assert len(summary.warmup_nll) == 2 and summary.warmup_nll[1] < summary.warmup_nll[0]
     assert summary.before is not None and summary.after_warmup is not None

@@ -18,12 +18,17 @@ Example:
     Traceback (most recent call last):
     ...
     gymbox.runtime.errors.ConfigurationError: config: unknown key(s) step; valid: lr, steps
+
+The library's own config objects (``TrainerConfig``, ``SandboxSpec``...) are such dataclasses,
+so a run config embeds them as sections and every default has one home.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import re
 import tomllib
 import types
 import typing
@@ -75,8 +80,14 @@ def apply_overrides(config: T, overrides: Sequence[str]) -> T:
     return from_mapping(type(config), data)
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build the dataclass ``cls`` from ``data``, strictly (see the module docstring)."""
+def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "",
+                 base: T | None = None) -> T:
+    """Build the dataclass ``cls`` from ``data``, strictly (see the module docstring).
+
+    A key ``data`` leaves out keeps its default: ``base``'s value when given, else the
+    field's. A nested section given in part keeps the rest of its own default, so
+    ``[sampling] max_new_tokens = 48`` leaves the default stop strings in place.
+    """
     if not isinstance(data, Mapping):
         raise ConfigurationError(f"{where or 'config'}: expected a table, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -87,9 +98,16 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
             f"{where or 'config'}: unknown key(s) {', '.join(unknown)}; "
             f"valid: {', '.join(sorted(fields))}"
         )
-    values = {
-        name: _convert(hints[name], value, f"{where}{name}") for name, value in data.items()
-    }
+    values = {}
+    for name, value in data.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+            default = getattr(base, name) if base is not None else _default(fields[name])
+            values[name] = from_mapping(hint, value, f"{where}{name}.", default)
+        else:
+            values[name] = _convert(hint, value, f"{where}{name}")
+    if base is not None:
+        values = {**{n: getattr(base, n) for n in fields}, **values}
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
@@ -98,7 +116,87 @@ def from_mapping(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 
 def to_mapping(config: object) -> dict[str, Any]:
     """The plain-dict form of a config (what ``config.json`` of a run holds)."""
-    return json.loads(json.dumps(dataclasses.asdict(config), default=list))  # type: ignore[arg-type]
+    return json.loads(json.dumps(_plain(config)))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if f.init}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def explain(cls: type, prefix: str = "", base: Any = None) -> list[tuple[str, str, str]]:
+    """``(key, default, doc)`` for every field of the config tree ``cls``, sections flattened
+    to ``section.key``. The doc is the field's entry in its class's ``Attributes:`` docstring
+    section: the one place each field is documented.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True)
+        ... class Run:
+        ...     \"\"\"A run.
+        ...
+        ...     Attributes:
+        ...         steps: optimiser steps.
+        ...     \"\"\"
+        ...     steps: int = 10
+        >>> explain(Run)
+        [('steps', '10', 'optimiser steps.')]
+    """
+    docs = field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    rows: list[tuple[str, str, str]] = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        default = getattr(base, f.name) if base is not None else _default(f)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            rows.append((f"{prefix}{f.name}", "[section]", docs.get(f.name, "")))
+            rows.extend(explain(hint, f"{prefix}{f.name}.", default))
+            continue
+        rows.append((f"{prefix}{f.name}", json.dumps(_plain(default)), docs.get(f.name, "")))
+    return rows
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The ``name: text`` entries of ``cls``'s ``Attributes:`` docstring section."""
+    docs: dict[str, str] = {}
+    lines = inspect.cleandoc(cls.__doc__ or "").splitlines()
+    inside, current, indent = False, None, 0
+    for line in lines:
+        if line.strip() == "Attributes:":
+            inside, current = True, None
+            continue
+        if not inside:
+            continue
+        if line and not line.startswith(" "):
+            break  # the next section
+        stripped = line.strip()
+        if not stripped:
+            current = None
+            continue
+        this_indent = len(line) - len(line.lstrip())
+        match = re.match(r"([A-Za-z_][A-Za-z0-9_]*)(?: \(.*?\))?: (.*)", stripped)
+        if match and (current is None or this_indent <= indent):
+            current, indent = match.group(1), this_indent
+            docs[current] = match.group(2)
+        elif current is not None:
+            docs[current] += " " + stripped
+    return docs
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
 
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
@@ -128,9 +226,12 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
             raise ConfigurationError(f"{where}: expected a list, got {value!r}")
         (item,) = typing.get_args(hint)[:1] or (Any,)
         return origin(_convert(item, v, where) for v in value)
-    if origin is dict or hint is dict:
+    if origin in (dict, Mapping) or hint is dict:
         if not isinstance(value, Mapping):
             raise ConfigurationError(f"{where}: expected a table, got {value!r}")
+        args = typing.get_args(hint)
+        if len(args) == 2:
+            return {k: _convert(args[1], v, f"{where}.{k}") for k, v in value.items()}
         return dict(value)
     if hint in (int, float):
         if isinstance(value, bool):
