@@ -6,10 +6,11 @@ a middling accuracy, then each arm trains the same start with a different reward
 :class:`gymbox.rewards.mix.RewardMix` and the real loop:
 
 * ``gold`` — the verifier only;
-* ``majority_vote`` (TTRL), ``self_certainty`` (Intuitor) and ``entropy`` (negative token
-  entropy, EM-RL) — each intrinsic term alone, no label used;
+* ``majority_vote`` (TTRL), ``self_certainty`` (Intuitor) and ``negative_entropy`` (negative
+  token entropy, EM-RL) — each intrinsic term alone (:mod:`gymbox.rewards.terms`), no label used;
 * ``semi10`` / ``semi30`` — semi-supervised: gold on the 10 % / 30 % of prompts that have a
-  label, majority vote on the rest (:class:`~gymbox.rewards.mix.GoldWhereLabelled`);
+  label (``RewardMix.labelled_fraction``), majority vote on the rest
+  (:class:`~gymbox.rewards.mix.GoldWhereLabelled`);
 * ``guard`` — majority vote alone with an :class:`~gymbox.rewards.mix.EntropyGuard` (the
   intrinsic weight backs off once the mean token entropy falls below half its start).
 
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -50,35 +50,44 @@ from benchmarks.experiments.tasks import Addition
 from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
 from gymbox.agents.loop import Group, StepReport
 from gymbox.agents.rollout import Trajectory
-from gymbox.agents.train import reward_tensors
 from gymbox.rewards.advantages import GRPO
-from gymbox.rewards.mix import EntropyGuard, GoldWhereLabelled, MixedAdvantages, RewardMix, Term
+from gymbox.rewards.mix import (
+    Additive,
+    EntropyGuard,
+    GoldWhereLabelled,
+    MixedAdvantages,
+    RewardMix,
+    Term,
+)
+from gymbox.rewards.terms import Gold, make_term
 
-INTRINSIC = ("majority_vote", "self_certainty", "entropy")
+INTRINSIC = ("majority_vote", "self_certainty", "negative_entropy")
 ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard")
-ALL_TERMS = ["gold", *INTRINSIC]
+LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
+"""What every arm logs each step, whichever terms it trains on."""
 
 
-def build_mix(arm: str) -> tuple[RewardMix, float]:
-    """The arm's reward mix, and the share of prompts with a label (1.0: every one)."""
-    estimator = GRPO(min_valid=2)
+def terms_of(arm: str) -> dict[str, Term]:
+    """The arm's reward terms (gymbox.rewards.terms objects, weighted 1)."""
     if arm == "gold":
-        return RewardMix({"gold": Term(1.0)}, estimator=estimator), 1.0
-    if arm in INTRINSIC:
-        return RewardMix({arm: Term(1.0, intrinsic=True)}, estimator=estimator), 0.0
+        return {"gold": Term(1.0, reward=Gold())}
+    if arm in INTRINSIC or arm == "guard":
+        name = "majority_vote" if arm == "guard" else arm
+        return {name: Term(1.0, reward=make_term(name))}
     if arm.startswith("semi"):
-        terms = {"gold": Term(1.0), "majority_vote": Term(1.0, intrinsic=True)}
-        return (RewardMix(terms, estimator=estimator, applies=GoldWhereLabelled()),
-                int(arm[4:]) / 100)
-    if arm == "guard":
-        return RewardMix({"majority_vote": Term(1.0, intrinsic=True)}, estimator=estimator,
-                         guard=EntropyGuard(fraction=0.5)), 0.0
+        return {"gold": Term(1.0, reward=Gold()),
+                "majority_vote": Term(1.0, reward=make_term("majority_vote"))}
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
-def has_label(seed: int, group_index: int, fraction: float) -> bool:
-    """Whether a prompt has a gold label: a fixed draw per (run seed, prompt)."""
-    return fraction >= 1.0 or random.Random(f"label/{seed}/{group_index}").random() < fraction
+def build_mix(arm: str) -> RewardMix:
+    """The arm's :class:`RewardMix`: its terms, which prompts have a label, the guard."""
+    fraction = int(arm[4:]) / 100 if arm.startswith("semi") else 1.0
+    return RewardMix(
+        terms_of(arm), estimator=GRPO(min_valid=2),
+        applies=GoldWhereLabelled() if arm.startswith("semi") else Additive(),
+        labelled_fraction=fraction,
+        guard=EntropyGuard(fraction=0.5) if arm == "guard" else None)
 
 
 def batch_entropy(trajectories: Sequence[Trajectory]) -> float:
@@ -86,17 +95,11 @@ def batch_entropy(trajectories: Sequence[Trajectory]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-def scorer(mix: RewardMix, fraction: float, seed: int):
+def scorer(mix: RewardMix):
+    """Groups → advantages by the mix's own :meth:`RewardMix.score`."""
     def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
-        flat = [t for g in groups for t in g.trajectories]
-        valid = torch.tensor([t.valid for t in flat])
-        ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
-        labelled = torch.tensor([has_label(seed, g.index, fraction)
-                                 for g in groups for _ in g.trajectories])
-        rewards = reward_tensors(groups, list(mix.terms))
-        entropy = batch_entropy(flat) if mix.guard is not None else None
-        return mix.advantages(rewards, valid, ids, step=step, labelled=labelled,
-                              mean_entropy=entropy)
+        return mix.score([g.trajectories for g in groups], step=step,
+                         ids=[g.index for g in groups])
 
     return score
 
@@ -104,12 +107,17 @@ def scorer(mix: RewardMix, fraction: float, seed: int):
 def step_metrics_for(mix: RewardMix):
     def step_metrics(report: StepReport) -> dict[str, float]:
         flat = [t for g in report.groups for t in g.trajectories]
-        rewards = reward_tensors(report.groups, ALL_TERMS)
-        row = {f"reward/{name}": float(values.mean()) for name, values in rewards.items()}
+        valid = [[t for t in g.trajectories if t.valid] for g in report.groups]
+        valid = [g for g in valid if g]
+        row = {f"reward/{name}": float(torch.cat([term(g) for g in valid]).mean())
+               if valid else float("nan") for name, term in LOGGED.items()}
         intrinsic = [n for n, term in mix.terms.items() if term.intrinsic]
         row |= {
             "accuracy": row["reward/gold"],
             "agreement": row["reward/majority_vote"],
+            "labelled_fraction": float(report.advantages.labelled.float().mean())
+            if report.advantages.labelled is not None and report.advantages.labelled.numel()
+            else float("nan"),
             "intrinsic": (sum(row[f"reward/{n}"] for n in intrinsic) / len(intrinsic)
                           if intrinsic else float("nan")),
             "entropy": batch_entropy(flat),
@@ -152,17 +160,18 @@ async def experiment(args: argparse.Namespace) -> dict:
     for seed in range(args.seeds):
         for arm in args.arms:
             policy.model.load_state_dict(start_state)
-            mix, fraction = build_mix(arm)
+            mix = build_mix(arm)
             arm_started = time.perf_counter()
             steps, evals = await train_arm(
                 label=f"B {arm:<14} seed {seed}", policy=policy, make_env=Addition,
-                make_eval_env=Addition, score=scorer(mix, fraction, seed),
+                make_eval_env=Addition, score=scorer(mix),
                 step_metrics=step_metrics_for(mix), evaluate=evaluate, schedule=schedule,
                 seed=seed,
                 summary=lambda r: (f"accuracy {r['accuracy']:.2f} entropy {r['entropy']:.3f} "
                                    f"agreement {r['agreement']:.2f}"),
             )
-            results["runs"].append({"arm": arm, "seed": seed, "labelled_fraction": fraction,
+            results["runs"].append({"arm": arm, "seed": seed,
+                                    "labelled_fraction": mix.labelled_fraction,
                                     "steps": steps, "evals": evals,
                                     "wall_s": time.perf_counter() - arm_started})
     results["wall_s"] = time.perf_counter() - started

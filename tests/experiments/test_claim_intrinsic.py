@@ -12,14 +12,15 @@ from benchmarks import claim_intrinsic
 from gymbox.rewards.mix import GoldWhereLabelled
 
 
-def test_semi_supervised_arms_label_the_asked_share_of_prompts() -> None:
+def test_semi_supervised_arms_put_gold_on_the_labelled_share_only() -> None:
     for arm, share in (("semi10", 0.1), ("semi30", 0.3)):
-        mix, fraction = claim_intrinsic.build_mix(arm)
-        assert fraction == share and isinstance(mix.applies, GoldWhereLabelled)
-        labelled = [claim_intrinsic.has_label(0, g, fraction) for g in range(2000)]
-        assert abs(sum(labelled) / len(labelled) - share) < 0.03
-    assert claim_intrinsic.build_mix("guard")[0].guard is not None
-    assert set(claim_intrinsic.build_mix("self_certainty")[0].terms) == {"self_certainty"}
+        mix = claim_intrinsic.build_mix(arm)
+        assert mix.labelled_fraction == share and isinstance(mix.applies, GoldWhereLabelled)
+        assert set(mix.terms) == {"gold", "majority_vote"}
+        assert mix.terms["majority_vote"].intrinsic and not mix.terms["gold"].intrinsic
+    assert claim_intrinsic.build_mix("guard").guard is not None
+    assert claim_intrinsic.build_mix("gold").guard is None
+    assert set(claim_intrinsic.build_mix("self_certainty").terms) == {"self_certainty"}
     with pytest.raises(ValueError, match="unknown arm"):
         claim_intrinsic.build_mix("nope")
 
@@ -40,6 +41,8 @@ def test_two_step_miniature_logs_the_curves(tmp_path: Path) -> None:
         for row in run["steps"]:
             assert row["entropy"] >= 0 and 0 <= row["agreement"] <= 1
             assert 0 <= row["accuracy"] <= 1
+    assert all(s["labelled_fraction"] == 1.0 for s in results["runs"][0]["steps"])
+    assert all(0 <= s["labelled_fraction"] <= 1 for s in results["runs"][2]["steps"])
     gold = results["runs"][0]["steps"][0]
     assert math.isnan(gold["intrinsic"]) and gold["intrinsic_weight"] == 0.0
     guard = results["runs"][3]["steps"]
