@@ -16,8 +16,8 @@ a middling accuracy, then each arm trains the same start with a different reward
 
 Per step it logs the mean token entropy, each intrinsic reward, the group agreement (share of a
 group giving its most common answer) and the training batch's accuracy; every
-``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out answers
-that are the single most common one (1.0: the policy answers everything the same).
+``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
+whose answer is the single most common one (1.0: the policy answers everything the same).
 
 Usage (the full experiment, about 30 min on a quiet 2-core machine)::
 
@@ -130,12 +130,12 @@ def step_metrics_for(mix: RewardMix):
 
 
 def evaluate(episodes: list[Trajectory]) -> dict[str, float]:
-    answers = [t.answer for t in episodes]
+    answers = [t.answer.strip() for t in episodes if t.answer is not None]
     most_common = Counter(answers).most_common(1)[0][1] if answers else 0
     return {
         "accuracy": sum(t.valid and t.reward.value >= 1.0 for t in episodes) / len(episodes),
-        "mode_share": most_common / max(len(answers), 1),
-        "answered": sum(a is not None for a in answers) / max(len(answers), 1),
+        "mode_share": most_common / len(episodes),
+        "answered": len(answers) / len(episodes),
     }
 
 
