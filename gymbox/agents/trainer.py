@@ -208,7 +208,12 @@ class PolicyTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         size = self.config.micro_batch_size
         for start in range(0, len(samples), size):
-            micro_loss(_collate(samples[start : start + size]), step_tokens).backward()
+            batch = samples[start : start + size]
+            if not any(any(s.loss_mask) for s in batch):
+                # Nothing in it to learn from, and an episode whose sandbox failed before the
+                # model's first turn has no tokens at all: a batch of those cannot be run.
+                continue
+            micro_loss(_collate(batch), step_tokens).backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), self.config.max_grad_norm
         )

@@ -1,0 +1,292 @@
+"""Claim B: intrinsic rewards collapse entropy and accuracy; some gold or an entropy guard don't.
+
+The task (:class:`benchmarks.experiments.tasks.Addition`): ``a + b`` for one-digit numbers,
+answered at once, so a group's answers can be voted on. The policy is warmed up by imitation to
+a middling accuracy, then each arm trains the same start with a different reward, through
+:class:`gymbox.rewards.mix.RewardMix` and the real loop:
+
+* ``gold`` — the verifier only;
+* ``majority_vote`` (TTRL), ``self_certainty`` (Intuitor) and ``negative_entropy`` (negative
+  token entropy, EM-RL) — each intrinsic term alone (:mod:`gymbox.rewards.terms`), no label used;
+* ``semi10`` / ``semi30`` — semi-supervised: gold on the 10 % / 30 % of prompts that have a
+  label (``RewardMix.labelled_fraction``), majority vote on the rest
+  (:class:`~gymbox.rewards.mix.GoldWhereLabelled`);
+* ``guard`` — majority vote alone with an :class:`~gymbox.rewards.mix.EntropyGuard` (the
+  intrinsic weight backs off once the mean token entropy falls below half its start).
+
+Per step it logs the mean token entropy, each intrinsic reward, the group agreement (share of a
+group giving its most common answer) and the training batch's accuracy; every
+``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
+whose answer is the single most common one (1.0: the policy answers everything the same).
+
+Usage (the full experiment, about 30 min on a quiet 2-core machine)::
+
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --seeds 3 --steps 40 \\
+        --plot docs/claim_intrinsic.png --out runs/experiments/claim_intrinsic
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from benchmarks.experiments.harness import (
+    Schedule,
+    curve,
+    fmt_ci,
+    json_safe,
+    masked_mean,
+    say,
+    train_arm,
+)
+from benchmarks.experiments.tasks import Addition
+from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
+from gymbox.agents.loop import Group, StepReport
+from gymbox.agents.rollout import Trajectory
+from gymbox.rewards.advantages import GRPO
+from gymbox.rewards.mix import (
+    Additive,
+    EntropyGuard,
+    GoldWhereLabelled,
+    MixedAdvantages,
+    RewardMix,
+    Term,
+)
+from gymbox.rewards.terms import Gold, make_term
+
+INTRINSIC = ("majority_vote", "self_certainty", "negative_entropy")
+ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard")
+LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
+"""What every arm logs each step, whichever terms it trains on."""
+
+
+def terms_of(arm: str) -> dict[str, Term]:
+    """The arm's reward terms (gymbox.rewards.terms objects, weighted 1)."""
+    if arm == "gold":
+        return {"gold": Term(1.0, reward=Gold())}
+    if arm in INTRINSIC or arm == "guard":
+        name = "majority_vote" if arm == "guard" else arm
+        return {name: Term(1.0, reward=make_term(name))}
+    if arm.startswith("semi"):
+        return {"gold": Term(1.0, reward=Gold()),
+                "majority_vote": Term(1.0, reward=make_term("majority_vote"))}
+    raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
+
+
+def build_mix(arm: str) -> RewardMix:
+    """The arm's :class:`RewardMix`: its terms, which prompts have a label, the guard."""
+    fraction = int(arm[4:]) / 100 if arm.startswith("semi") else 1.0
+    return RewardMix(
+        terms_of(arm), estimator=GRPO(min_valid=2),
+        applies=GoldWhereLabelled() if arm.startswith("semi") else Additive(),
+        labelled_fraction=fraction,
+        guard=EntropyGuard(fraction=0.5) if arm == "guard" else None)
+
+
+def batch_entropy(trajectories: Sequence[Trajectory]) -> float:
+    values = [masked_mean(t.entropy, t.loss_mask) for t in trajectories if t.valid]
+    return sum(values) / len(values) if values else 0.0
+
+
+def scorer(mix: RewardMix):
+    """Groups → advantages by the mix's own :meth:`RewardMix.score`."""
+    def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
+        return mix.score([g.trajectories for g in groups], step=step,
+                         ids=[g.index for g in groups])
+
+    return score
+
+
+def step_metrics_for(mix: RewardMix):
+    def step_metrics(report: StepReport) -> dict[str, float]:
+        flat = [t for g in report.groups for t in g.trajectories]
+        valid = [[t for t in g.trajectories if t.valid] for g in report.groups]
+        valid = [g for g in valid if g]
+        row = {f"reward/{name}": float(torch.cat([term(g) for g in valid]).mean())
+               if valid else float("nan") for name, term in LOGGED.items()}
+        intrinsic = [n for n, term in mix.terms.items() if term.intrinsic]
+        row |= {
+            "accuracy": row["reward/gold"],
+            "agreement": row["reward/majority_vote"],
+            "labelled_fraction": float(report.advantages.labelled.float().mean())
+            if report.advantages.labelled is not None and report.advantages.labelled.numel()
+            else float("nan"),
+            "intrinsic": (sum(row[f"reward/{n}"] for n in intrinsic) / len(intrinsic)
+                          if intrinsic else float("nan")),
+            "entropy": batch_entropy(flat),
+            "intrinsic_weight": sum(report.advantages.weights[n] for n in intrinsic)
+            if intrinsic else 0.0,
+        }
+        return row
+
+    return step_metrics
+
+
+def evaluate(episodes: list[Trajectory]) -> dict[str, float]:
+    answers = [t.answer.strip() for t in episodes if t.answer is not None]
+    most_common = Counter(answers).most_common(1)[0][1] if answers else 0
+    return {
+        "accuracy": sum(t.valid and t.reward.value >= 1.0 for t in episodes) / len(episodes),
+        "mode_share": most_common / len(episodes),
+        "answered": len(answers) / len(episodes),
+    }
+
+
+async def experiment(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    schedule = Schedule(steps=args.steps, groups_per_step=args.groups_per_step,
+                        group_size=args.group_size, eval_every=args.eval_every,
+                        eval_episodes=args.eval_episodes, learning_rate=args.lr,
+                        max_new_tokens=12, max_turns=1, max_tokens=256)
+    say(f"claim B (intrinsic collapse): policy {args.model} "
+        f"({DESCRIPTIONS[args.model]}); "
+        f"arms {', '.join(args.arms)} × {args.seeds} seeds × {args.steps} steps, "
+        f"{schedule.groups_per_step}×{schedule.group_size} episodes/step")
+    results: dict = {"model": args.model, "schedule": vars(schedule), "runs": []}
+    started = time.perf_counter()
+    # One warm-up for every seed: the seeds vary RL's samples and tasks.
+    policy = await warmed_up_policy(
+        args.model, Addition, seed=0, cache_dir=Path(args.cache),
+        warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name="addition",
+        budget=schedule.budget, log=say)
+    start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    for seed in range(args.seeds):
+        for arm in args.arms:
+            policy.model.load_state_dict(start_state)
+            mix = build_mix(arm)
+            arm_started = time.perf_counter()
+            steps, evals = await train_arm(
+                label=f"B {arm:<14} seed {seed}", policy=policy, make_env=Addition,
+                make_eval_env=Addition, score=scorer(mix),
+                step_metrics=step_metrics_for(mix), evaluate=evaluate, schedule=schedule,
+                seed=seed,
+                summary=lambda r: (f"accuracy {r['accuracy']:.2f} entropy {r['entropy']:.3f} "
+                                   f"agreement {r['agreement']:.2f}"),
+            )
+            results["runs"].append({"arm": arm, "seed": seed,
+                                    "labelled_fraction": mix.labelled_fraction,
+                                    "steps": steps, "evals": evals,
+                                    "wall_s": time.perf_counter() - arm_started})
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+def table(results: dict) -> str:
+    """Per arm, over seeds (mean ± 95 % CI): held-out accuracy at the start, at its best and
+    at the end; final entropy and agreement; the held-out answers' mode share at the end."""
+    lines = ["| arm | held-out acc. start | best | final | final entropy | start entropy "
+             "| final agreement | held-out mode share |", "|---|---|---|---|---|---|---|---|"]
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results["runs"])]
+    for arm in arms:
+        runs = [r for r in results["runs"] if r["arm"] == arm]
+
+        def last(rows, key, n=3):
+            return sum(row[key] for row in rows[-n:]) / len(rows[-n:])
+
+        lines.append(
+            f"| {arm} | {fmt_ci([r['evals'][0]['accuracy'] for r in runs])} "
+            f"| {fmt_ci([max(e['accuracy'] for e in r['evals']) for r in runs])} "
+            f"| {fmt_ci([r['evals'][-1]['accuracy'] for r in runs])} "
+            f"| {fmt_ci([last(r['steps'], 'entropy') for r in runs])} "
+            f"| {fmt_ci([r['steps'][0]['entropy'] for r in runs])} "
+            f"| {fmt_ci([last(r['steps'], 'agreement') for r in runs])} "
+            f"| {fmt_ci([r['evals'][-1]['mode_share'] for r in runs])} |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (("evals", "accuracy", "held-out accuracy (greedy)"),
+              ("steps", "entropy", "mean token entropy (training samples)"),
+              ("steps", "intrinsic", "the arm's intrinsic reward (training)"),
+              ("steps", "agreement", "group agreement (majority-vote share)"))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    arms = [a for a in ARMS if any(r["arm"] == a for r in results["runs"])]
+    colours = dict(zip(ARMS, ("black", "tab:red", "tab:orange", "tab:purple", "tab:cyan",
+                              "tab:blue", "tab:green"), strict=True))
+    for ax, (source, key, title) in zip(axes.flat, panels, strict=True):
+        for arm in arms:
+            runs = [r[source] for r in results["runs"] if r["arm"] == arm]
+            xs, mean, half = curve(runs, key)
+            if not xs:
+                continue
+            ax.plot(xs, mean, color=colours[arm], label=arm,
+                    marker="o" if source == "evals" else None, markersize=3)
+            ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
+                            [m + h for m, h in zip(mean, half, strict=True)],
+                            color=colours[arm], alpha=0.12)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8, ncol=2)
+    n = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"Claim B: intrinsic rewards vs gold ({results['model']} policy, {n} seeds, "
+                 "mean ± 95% CI)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
+    parser.add_argument("--groups-per-step", type=int, default=4)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="RL learning rate (default 1e-3 tiny, 1e-5 embedded)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="imitation steps (default 40 tiny, 0 embedded)")
+    parser.add_argument("--warmup-lr", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for the tiny policy on a busy machine)")
+    parser.add_argument("--cache", default="runs/experiments/cache")
+    parser.add_argument("--out", default="runs/experiments/claim_intrinsic")
+    parser.add_argument("--plot", default=None, help="PNG path for the figure")
+    args = parser.parse_args(argv)
+    tiny = args.model == "tiny"
+    args.lr = args.lr if args.lr is not None else (1e-3 if tiny else 1e-5)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (40 if tiny
+                                                                                  else 0)
+    args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
+    bad = set(args.arms) - set(ARMS)
+    if bad:
+        parser.error(f"--arms: unknown {sorted(bad)}; choose from {', '.join(ARMS)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse(argv)
+    results = asyncio.run(experiment(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
+    report = table(results)
+    (out / "table.md").write_text(report + "\n")
+    say(f"claim B done in {results['wall_s']:.0f}s; policy {args.model}; results in {out}")
+    print(report, flush=True)
+    if args.plot:
+        plot(results, Path(args.plot))
+        say(f"plot: {args.plot}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

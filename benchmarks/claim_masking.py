@@ -1,0 +1,305 @@
+"""Claim A: scoring infrastructure failures as 0 pushes the policy off the tool; masking does not.
+
+The task (:class:`benchmarks.experiments.tasks.StoredNumber`): is the number in the sandbox's
+``n.txt`` divisible by 3? Reading it with the ``python`` tool is always right; answering "0"
+without the tool is right on two tasks in three. The policy starts (after imitating an expert
+that does both) using the tool on about half the tasks, and GRPO decides between the two.
+
+Each arm trains the same warmed-up policy with the same seeds, while the runtime's real
+:class:`~gymbox.runtime.faults.FaultInjector` strikes a share of the sandbox requests (killed
+container, killed supervisor, garbled or truncated response) in real Docker sandboxes:
+
+* ``recover`` — gymbox's default: :class:`~gymbox.runtime.recovery.RecoveringSandboxes`
+  recovers what it can (fresh sandbox, journal replay), masks the rest out of reward and loss;
+* ``mask`` — no recovery: every failed episode is masked;
+* ``zero`` — no recovery, and a failed episode is scored as reward 0, as several frameworks do
+  (its tokens, the tool call among them, stay in the loss with that reward).
+
+At 0 % faults the three arms are the same run, so it is run once (``recover``). Held-out
+accuracy and the correct-tool-use rate are measured on clean sandboxes (no faults) every
+``--eval-every`` steps, sampling at τ = 1 with a fixed seed (every prompt reads the same, so a
+greedy policy would either always or never call the tool: the sampled rate is the policy's);
+the training-batch tool-call rate every step.
+
+Usage (the full experiment, about 30 min on a quiet 2-core machine)::
+
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --steps 20 \\
+        --plot docs/claim_masking.png --out runs/experiments/claim_masking
+
+``--model embedded`` runs SmolLM2-135M instead of the tiny policy (use it with one rate and
+few steps: it is the confirming configuration).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from benchmarks.experiments.harness import (
+    Schedule,
+    curve,
+    fmt_ci,
+    json_safe,
+    say,
+    train_arm,
+)
+from benchmarks.experiments.tasks import StoredNumber, used_tool
+from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
+from gymbox.agents.loop import Group, StepReport
+from gymbox.agents.rollout import Trajectory
+from gymbox.rewards.advantages import GRPO
+from gymbox.rewards.mix import MixedAdvantages, RewardMix, Term
+from gymbox.runtime.docker_backend import DockerBackend
+from gymbox.runtime.faults import FaultInjector, FaultKind, FaultPlan
+from gymbox.runtime.pool import SandboxPool
+from gymbox.runtime.recovery import RecoveringSandboxes
+
+MODES = ("recover", "mask", "zero")
+FAULT_KINDS = frozenset({FaultKind.KILL_CONTAINER, FaultKind.KILL_SUPERVISOR,
+                         FaultKind.GARBLE_RESPONSE, FaultKind.TRUNCATE_RESPONSE})
+"""Faults that strike one request of one sandbox. Pauses (each costs a liveness-probe wait)
+and engine outages (which stall every episode at once) are left out to keep the runs short."""
+
+
+def arms(rates: Sequence[float], modes: Sequence[str]) -> list[tuple[float, str]]:
+    """(fault rate, mode) pairs; 0 % faults once, as its modes coincide."""
+    out: list[tuple[float, str]] = []
+    for rate in rates:
+        out += [(rate, "recover")] if rate == 0 else [(rate, m) for m in modes]
+    return out
+
+
+def tool_attempted(t: Trajectory) -> bool:
+    """The model's first turn called a tool (whether or not the sandbox then failed)."""
+    turns = [m for m in t.messages if m["role"] == "assistant"]
+    return bool(turns) and "<tool_call>" in turns[0]["content"]
+
+
+def correct_tool_use(t: Trajectory) -> bool:
+    """The episode ran the python tool and its answer was right."""
+    return t.valid and used_tool(t.messages) and t.reward.value >= 1.0
+
+
+def scorer(mode: str, mix: RewardMix):
+    """Groups → advantages: masked (``recover``/``mask``) or failures scored 0 (``zero``)."""
+
+    def score(groups: Sequence[Group], step: int) -> MixedAdvantages:
+        flat = [t for g in groups for t in g.trajectories]
+        valid = torch.tensor([t.valid for t in flat])
+        gold = torch.tensor([t.reward.value if t.valid else 0.0 for t in flat])
+        if mode == "zero":
+            valid = torch.ones_like(valid)
+        ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
+        return mix.advantages({"gold": gold}, valid, ids, step=step)
+
+    return score
+
+
+def step_metrics(report: StepReport) -> dict[str, float]:
+    flat = [t for g in report.groups for t in g.trajectories]
+    valid = [t for t in flat if t.valid]
+    return {
+        "reward": sum(t.reward.value for t in valid) / max(len(valid), 1),
+        "valid_fraction": len(valid) / len(flat),
+        "infra_failed": float(len(flat) - len(valid)),
+        "tool_attempt": sum(map(tool_attempted, flat)) / len(flat),
+        "correct_tool_use": sum(map(correct_tool_use, flat)) / len(flat),
+    }
+
+
+def evaluate(episodes: list[Trajectory]) -> dict[str, float]:
+    valid = [t for t in episodes if t.valid]
+    return {
+        "accuracy": sum(t.reward.value >= 1.0 for t in valid) / max(len(valid), 1),
+        "correct_tool_use": sum(map(correct_tool_use, valid)) / max(len(valid), 1),
+        "tool_attempt": sum(map(tool_attempted, valid)) / max(len(valid), 1),
+    }
+
+
+async def experiment(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    schedule = Schedule(steps=args.steps, groups_per_step=args.groups_per_step,
+                        group_size=args.group_size, eval_every=args.eval_every,
+                        eval_episodes=args.eval_episodes, eval_temperature=1.0,
+                        learning_rate=args.lr)
+    plan_arms = arms(args.rates, args.modes)
+    say(f"claim A (masking vs penalty): policy {args.model} "
+        f"({DESCRIPTIONS[args.model]}); "
+        f"{len(plan_arms)} arms × {args.seeds} seeds × {args.steps} steps, "
+        f"{schedule.groups_per_step}×{schedule.group_size} episodes/step")
+    mix = RewardMix({"gold": Term(1.0)}, estimator=GRPO(min_valid=2))
+    results: dict = {"model": args.model, "schedule": vars(schedule), "runs": []}
+    started = time.perf_counter()
+    async with SandboxPool(size=args.pool) as clean:
+        def make_clean() -> StoredNumber:
+            return StoredNumber(sandboxes=clean)
+
+        for seed in range(args.seeds):
+            # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
+            policy = await warmed_up_policy(
+                args.model, make_clean, seed=0, cache_dir=Path(args.cache),
+                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr), name="stored_number",
+                budget=schedule.budget, log=say)
+            start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+            for rate, mode in plan_arms:
+                policy.model.load_state_dict(start_state)
+                label = f"A {mode:<7} faults {rate:.0%} seed {seed}"
+                plan = FaultPlan.uniform(rate, seed=seed, kinds=FAULT_KINDS)
+                arm_started = time.perf_counter()
+                async with SandboxPool(size=args.pool, backend=FaultInjector(DockerBackend(),
+                                                                             plan)) as pool:
+                    injector = pool.backend
+                    sandboxes = RecoveringSandboxes(pool) if mode == "recover" else pool
+
+                    def make_env(sandboxes=sandboxes) -> StoredNumber:
+                        return StoredNumber(sandboxes=sandboxes)
+
+                    def counters(sandboxes=sandboxes, injector=injector) -> dict[str, float]:
+                        out = {"faults_injected": float(len(injector.log))}
+                        if isinstance(sandboxes, RecoveringSandboxes):
+                            m = sandboxes.metrics.as_dict()
+                            out |= {k: m[f"recovery/{k}"]
+                                    for k in ("recovered", "masked", "agent_caused")}
+                        return out
+
+                    steps, evals = await train_arm(
+                        label=label, policy=policy, make_env=make_env, make_eval_env=make_clean,
+                        score=scorer(mode, mix), step_metrics=step_metrics, evaluate=evaluate,
+                        schedule=schedule, seed=seed, extra=counters,
+                        summary=lambda r: (f"reward {r['reward']:.2f} valid "
+                                           f"{r['valid_fraction']:.2f} tool "
+                                           f"{r['tool_attempt']:.2f}"),
+                    )
+                results["runs"].append({"rate": rate, "mode": mode, "seed": seed,
+                                        "steps": steps, "evals": evals,
+                                        "wall_s": time.perf_counter() - arm_started})
+    results["wall_s"] = time.perf_counter() - started
+    return results
+
+
+def table(results: dict) -> str:
+    """Per arm, over seeds: final held-out accuracy and correct tool use (mean ± 95 % CI),
+    the training tool-call rate of the last steps, failures and what became of them."""
+    lines = ["| faults | arm | held-out accuracy | correct tool use | tool calls (last 3 steps) "
+             "| infra-failed episodes | recovered | faults injected |",
+             "|---|---|---|---|---|---|---|---|"]
+    keys = sorted({(r["rate"], r["mode"]) for r in results["runs"]},
+                  key=lambda k: (k[0], MODES.index(k[1])))
+    for rate, mode in keys:
+        runs = [r for r in results["runs"] if (r["rate"], r["mode"]) == (rate, mode)]
+        acc = [r["evals"][-1]["accuracy"] for r in runs]
+        tool = [r["evals"][-1]["correct_tool_use"] for r in runs]
+        late = [sum(s["tool_attempt"] for s in r["steps"][-3:]) / len(r["steps"][-3:])
+                for r in runs]
+        failed = sum(sum(s["infra_failed"] for s in r["steps"]) for r in runs) / len(runs)
+        recovered = sum(r["steps"][-1].get("recovered", 0.0) for r in runs) / len(runs)
+        injected = sum(r["steps"][-1]["faults_injected"] for r in runs) / len(runs)
+        lines.append(f"| {rate:.0%} | {mode} | {fmt_ci(acc)} | {fmt_ci(tool)} | {fmt_ci(late)} "
+                     f"| {failed:.1f} | {recovered:.1f} | {injected:.1f} |")
+    start = [r["evals"][0]["accuracy"] for r in results["runs"]]
+    start_tool = [r["evals"][0]["correct_tool_use"] for r in results["runs"]]
+    lines.append(f"\nBefore RL (every arm's start): held-out accuracy {fmt_ci(start)}, "
+                 f"correct tool use {fmt_ci(start_tool)}.")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = sorted({r["rate"] for r in results["runs"]})
+    fig, axes = plt.subplots(3, len(rates), figsize=(4.2 * len(rates), 9.5), squeeze=False,
+                             sharey="row")
+    colours = {"recover": "tab:green", "mask": "tab:blue", "zero": "tab:red"}
+    for col, rate in enumerate(rates):
+        for mode in MODES:
+            runs = [r for r in results["runs"] if r["rate"] == rate and r["mode"] == mode]
+            if not runs:
+                continue
+            for row, (source, key, title) in enumerate((
+                    ("evals", "accuracy", "held-out accuracy (greedy)"),
+                    ("evals", "correct_tool_use", "held-out correct tool use"),
+                    ("steps", "tool_attempt", "training episodes calling the tool"))):
+                xs, mean, half = curve([r[source] for r in runs], key)
+                ax = axes[row][col]
+                ax.plot(xs, mean, marker="o" if source == "evals" else None,
+                        color=colours[mode], label=mode)
+                ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
+                                [m + h for m, h in zip(mean, half, strict=True)],
+                                color=colours[mode], alpha=0.15)
+                ax.set_title(f"{title}\nfaults {rate:.0%}", fontsize=9)
+                ax.set_ylim(-0.05, 1.05)
+                ax.set_xlabel("step")
+                ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=8)
+    n = len({r["seed"] for r in results["runs"]})
+    fig.suptitle(f"Claim A: masking vs scoring failures as 0 ({results['model']} policy, "
+                 f"{n} seeds, mean ± 95% CI)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
+                        default=[0.0, 0.1, 0.3])
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--groups-per-step", type=int, default=2)
+    parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--eval-episodes", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="RL learning rate (default 1e-3 tiny, 1e-5 embedded)")
+    parser.add_argument("--warmup-steps", type=int, default=None,
+                        help="imitation steps (default 80 tiny, 8 embedded)")
+    parser.add_argument("--warmup-lr", type=float, default=None)
+    parser.add_argument("--pool", type=int, default=8, help="warm sandboxes per pool")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1 is fastest for the tiny policy on a busy machine)")
+    parser.add_argument("--cache", default="runs/experiments/cache")
+    parser.add_argument("--out", default="runs/experiments/claim_masking")
+    parser.add_argument("--plot", default=None, help="PNG path for the figure")
+    args = parser.parse_args(argv)
+    tiny = args.model == "tiny"
+    args.lr = args.lr if args.lr is not None else (1e-3 if tiny else 1e-5)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (80 if tiny
+                                                                                  else 8)
+    args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
+    bad = set(args.modes) - set(MODES)
+    if bad:
+        parser.error(f"--modes: unknown {sorted(bad)}; choose from {', '.join(MODES)}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = parse(argv)
+    results = asyncio.run(experiment(args))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
+    report = table(results)
+    (out / "table.md").write_text(report + "\n")
+    say(f"claim A done in {results['wall_s']:.0f}s; policy {args.model}; results in {out}")
+    print(report, flush=True)
+    if args.plot:
+        plot(results, Path(args.plot))
+        say(f"plot: {args.plot}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""What both experiments share: one training arm on the real loop, statistics, progress lines.
+
+An *arm* is one training run: a warmed-up policy, an env factory, a scorer (groups →
+:class:`~gymbox.rewards.mix.MixedAdvantages`), run for ``steps`` optimiser steps of the real
+:func:`gymbox.agents.loop.run_loop` with :class:`gymbox.agents.trainer.PolicyTrainer`, and
+evaluated greedily on held-out seeds before the first step and every ``eval_every`` steps. It
+returns one row per step (the experiment's own metrics of the step's groups) and one row per
+evaluation.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from gymbox.agents.loop import Group, LoopConfig, StepReport, SyncedPolicy, run_loop
+from gymbox.agents.loss import ClipRange
+from gymbox.agents.policy import SamplingParams, TransformersPolicy
+from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
+from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
+from gymbox.envs.core import ToolEnv
+from gymbox.rewards.advantages import Advantages
+
+EVAL_FIRST_SEED = 1_000_000_000
+"""Held-out task seeds start here; training draws ``seed · 1_000_003 + group``."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The shape of one arm's training."""
+
+    steps: int = 20
+    groups_per_step: int = 2
+    group_size: int = 8
+    eval_every: int = 5
+    eval_episodes: int = 32
+    eval_temperature: float = 0.0
+    learning_rate: float = 1e-3
+    max_new_tokens: int = 48
+    max_turns: int = 2
+    max_tokens: int = 1024
+
+    @property
+    def budget(self) -> Budget:
+        return Budget(max_tokens=self.max_tokens, max_turns=self.max_turns)
+
+
+def say(message: str) -> None:
+    """A progress line that reads well in a log file: time-stamped, flushed at once."""
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stdout, flush=True)
+
+
+Evaluate = Callable[[list[Trajectory]], dict[str, float]]
+"""The experiment's metrics of the held-out episodes."""
+StepMetrics = Callable[[StepReport], dict[str, float]]
+"""The experiment's metrics of one training step."""
+
+
+async def held_out(policy: TransformersPolicy, make_env: Callable[[], ToolEnv],
+                   schedule: Schedule) -> list[Trajectory]:
+    """Episodes on the held-out seeds, greedy or sampled at ``schedule.eval_temperature``
+    (with a fixed seed, so every evaluation draws alike)."""
+    seeds = [EVAL_FIRST_SEED + i for i in range(schedule.eval_episodes)]
+    greedy = SamplingParams(max_new_tokens=schedule.max_new_tokens,
+                            temperature=schedule.eval_temperature, stop=TURN_STOPS,
+                            seed=EVAL_FIRST_SEED)
+    envs = [make_env() for _ in seeds]
+    try:
+        return await rollout(policy, envs, seeds=seeds, sampling=greedy, budget=schedule.budget)
+    finally:
+        for env in envs:
+            await env.aclose()
+
+
+async def train_arm(
+    *,
+    label: str,
+    policy: TransformersPolicy,
+    make_env: Callable[[], ToolEnv],
+    make_eval_env: Callable[[], ToolEnv],
+    score: Callable[[Sequence[Group], int], Advantages],
+    step_metrics: StepMetrics,
+    evaluate: Evaluate,
+    schedule: Schedule,
+    seed: int,
+    summary: Callable[[dict[str, float]], str],
+    extra: Callable[[], dict[str, float]] = dict,
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Train ``policy`` in place for ``schedule.steps`` steps; returns (step rows, eval rows).
+
+    ``summary`` turns a step row into the few numbers of its progress line; ``extra`` adds
+    counters read after each step (recovery metrics...).
+    """
+    torch.manual_seed(seed)
+    trainer = PolicyTrainer(policy.model, TrainerConfig(
+        learning_rate=schedule.learning_rate, clip=ClipRange(0.2, 0.28), micro_batch_size=8))
+    generator = SyncedPolicy(policy)
+    sampling = SamplingParams(max_new_tokens=schedule.max_new_tokens, temperature=1.0,
+                              stop=TURN_STOPS, seed=seed)
+    steps: list[dict[str, float]] = []
+    evals: list[dict[str, float]] = []
+    started = time.perf_counter()
+
+    async def evaluate_now(step: int) -> None:
+        row = {"step": float(step), **evaluate(await held_out(policy, make_eval_env, schedule))}
+        evals.append(row)
+        say(f"{label} eval at step {step}: "
+            + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
+
+    def on_step(report: StepReport) -> None:
+        row = {"step": float(report.step), **step_metrics(report), **extra(),
+               "loss": report.update.loss, "wall_s": report.wall_s}
+        steps.append(row)
+        say(f"{label} step {report.step + 1}/{schedule.steps}: {summary(row)} "
+            f"({time.perf_counter() - started:.0f}s)")
+
+    await evaluate_now(0)
+    done = 0
+    while done < schedule.steps:
+        chunk = min(schedule.eval_every, schedule.steps - done)
+        config = LoopConfig(steps=chunk, groups_per_step=schedule.groups_per_step,
+                            group_size=schedule.group_size, rollout_workers=1, seed=seed)
+        done += await run_loop(generator=generator, trainer=trainer, make_env=make_env,
+                               score=score, config=config, sampling=sampling,
+                               budget=schedule.budget, on_step=on_step, first_step=done)
+        await evaluate_now(done)
+    return steps, evals
+
+
+def masked_mean(values: torch.Tensor, mask: Sequence[int]) -> float:
+    """The mean of ``values`` over the model's tokens (``mask`` 1); 0 when there are none."""
+    keep = torch.tensor(mask, dtype=torch.bool)
+    return float(values[keep].mean()) if keep.any() else 0.0
+
+
+def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The mean and the half-width of its Student-t confidence interval (0 for one value)."""
+    from scipy import stats
+
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, 0.0
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    return mean, float(stats.t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n)
+
+
+def curve(runs: Sequence[Sequence[dict[str, float]]], key: str) -> tuple[list[float], list[float],
+                                                                           list[float]]:
+    """Steps, mean and CI half-width over ``runs`` (one list of rows per seed) of ``key``."""
+    by_step: dict[float, list[float]] = {}
+    for rows in runs:
+        for row in rows:
+            if key in row and math.isfinite(row[key]):
+                by_step.setdefault(row["step"], []).append(row[key])
+    xs = sorted(by_step)
+    stats = [mean_ci(by_step[x]) for x in xs]
+    return xs, [m for m, _ in stats], [h for _, h in stats]
+
+
+def fmt_ci(values: Sequence[float]) -> str:
+    mean, half = mean_ci(values)
+    return f"{mean:.3f} ± {half:.3f}"
+
+
+def json_safe(value: Any) -> Any:
+    """Rows as JSON: NaN becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+

@@ -1,0 +1,137 @@
+"""The two task families of the experiments, as ordinary gymbox envs with scripted experts.
+
+:class:`StoredNumber` (Claim A) needs the sandbox for the right answer and offers a way around
+it: the number to test lives only in a file of the episode's sandbox, so reading it with the
+``python`` tool gets every task right, while answering at once without the tool ("not
+divisible", the most common answer) is right on about ``1 - 1/divisor`` of the tasks. A penalty
+on failed sandbox calls therefore has somewhere to push: towards guessing.
+
+:class:`Addition` (Claim B) has no tool: the agent answers ``a + b`` at once, so the answers of a
+group can be compared with each other (majority vote) and with the label (gold).
+
+Example:
+    >>> import numpy as np
+    >>> task = StoredNumber().draw_task(np.random.default_rng(0))
+    >>> task.reference, task.data["n"] % 3 == 0
+    ('0', False)
+    >>> Addition().draw_task(np.random.default_rng(0)).prompt
+    'What is 8 + 6?'
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+
+from gymbox.envs.core import Task, ToolEnv
+from gymbox.envs.tools import tool
+from gymbox.rewards.gold import NumericMatch
+from gymbox.rewards.record import RewardRecord
+from gymbox.runtime.result import ExecResult
+from gymbox.runtime.sandbox import Sandbox
+
+CODE_TIMEOUT_S = 10.0
+READ_CODE = "print(int(int(open('n.txt').readline()) % DIVISOR == 0))"
+"""What the expert runs (``DIVISOR`` is filled in): the same text in every episode."""
+
+_cells = itertools.count()
+
+
+@tool
+async def python(code: str, *, sandbox: Sandbox) -> ExecResult:
+    """Run Python code; returns what it printed.
+
+    Args:
+        code: Python source.
+    """
+    # Each call is tagged so that two episodes running the same code are two requests to the
+    # fault injector (it spares a request it has just struck, to keep faults transient; without
+    # the tag one strike would spare every other episode's identical call for a minute).
+    return await sandbox.run_python(f"# cell {next(_cells)}\n{code}", timeout=CODE_TIMEOUT_S)
+
+
+class StoredNumber(ToolEnv):
+    """Is the number stored in the sandbox's ``n.txt`` divisible by ``divisor``? Answer 1 or 0.
+
+    The prompt does not say the number; only the ``python`` tool can read it. Reward: gold 1.0
+    for the right 0/1, else 0.
+
+    The scripted expert (:meth:`demonstrate`) reads the file with the tool on a ``tool_share``
+    of the tasks and guesses "0" on the rest, so a policy that imitates it does both and RL
+    decides between them.
+
+    Args:
+        divisor: 3 by default: guessing "0" is right on two tasks in three.
+        tool_share: how often the expert uses the tool.
+        **kwargs: :class:`ToolEnv`'s.
+    """
+
+    tools = (python,)
+    system_prompt = "Read n.txt with the python tool, or answer at once: <answer>1</answer> or 0."
+
+    def __init__(self, *, divisor: int = 3, tool_share: float = 0.5, **kwargs) -> None:
+        if divisor < 2:
+            raise ValueError(f"divisor must be >= 2, got {divisor}")
+        if not 0.0 <= tool_share <= 1.0:
+            raise ValueError(f"tool_share must be in [0, 1], got {tool_share}")
+        super().__init__(**kwargs)
+        self.divisor = divisor
+        self.tool_share = tool_share
+
+    def draw_task(self, rng: np.random.Generator) -> Task:
+        n = int(rng.integers(100, 1000))
+        expert_uses_tool = bool(rng.random() < self.tool_share)
+        return Task(
+            prompt=f"Is the number in n.txt divisible by {self.divisor}? 1 if it is, else 0.",
+            reference=str(int(n % self.divisor == 0)),
+            data={"n": n, "expert_uses_tool": expert_uses_tool},
+            id=f"stored_number:{n}",
+        )
+
+    async def setup(self, task: Task, sandbox: Sandbox) -> None:
+        # The second line makes each episode's write a request of its own (see ``python``).
+        await sandbox.write_file("n.txt", f"{task.data['n']}\n# episode {next(_cells)}\n")
+
+    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
+        assert task.reference is not None
+        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
+
+    def demonstrate(self) -> str:
+        assert self.task is not None, "demonstrate() needs a running episode"
+        if not self.task.data["expert_uses_tool"]:
+            return "<answer>0</answer>"
+        ran = [r for r in self.journal if r.ok]
+        if ran:
+            return f"<answer>{ran[-1].content.strip()}</answer>"
+        code = READ_CODE.replace("DIVISOR", str(self.divisor))
+        call = json.dumps({"name": "python", "arguments": {"code": code}})
+        return f"<tool_call>{call}</tool_call>"
+
+
+def used_tool(messages: list[dict]) -> bool:
+    """True when the episode has a result of the ``python`` tool (its call ran)."""
+    return any(m["role"] == "tool" and m.get("name") == "python" for m in messages)
+
+
+class Addition(ToolEnv):
+    """What is ``a + b``, for one-digit ``a`` and ``b``? Answered at once, no tool.
+
+    Reward: gold 1.0 for the sum, else 0. The scripted expert answers correctly.
+    """
+
+    system_prompt = "Answer as <answer>...</answer>."
+
+    def draw_task(self, rng: np.random.Generator) -> Task:
+        a, b = (int(v) for v in rng.integers(0, 10, size=2))
+        return Task(prompt=f"What is {a} + {b}?",
+                    reference=str(a + b), id=f"addition:{a}+{b}")
+
+    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
+        assert task.reference is not None
+        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
+
+    def demonstrate(self) -> str:
+        assert self.task is not None, "demonstrate() needs a running episode"
+        return f"<answer>{self.task.reference}</answer>"

@@ -1,0 +1,52 @@
+"""Claim B's experiment (benchmarks/claim_intrinsic.py): its reward arms, and a two-step run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks import claim_intrinsic
+from gymbox.rewards.mix import GoldWhereLabelled
+
+
+def test_semi_supervised_arms_put_gold_on_the_labelled_share_only() -> None:
+    for arm, share in (("semi10", 0.1), ("semi30", 0.3)):
+        mix = claim_intrinsic.build_mix(arm)
+        assert mix.labelled_fraction == share and isinstance(mix.applies, GoldWhereLabelled)
+        assert set(mix.terms) == {"gold", "majority_vote"}
+        assert mix.terms["majority_vote"].intrinsic and not mix.terms["gold"].intrinsic
+    assert claim_intrinsic.build_mix("guard").guard is not None
+    assert claim_intrinsic.build_mix("gold").guard is None
+    assert set(claim_intrinsic.build_mix("self_certainty").terms) == {"self_certainty"}
+    with pytest.raises(ValueError, match="unknown arm"):
+        claim_intrinsic.build_mix("nope")
+
+
+@pytest.mark.slow
+def test_two_step_miniature_logs_the_curves(tmp_path: Path) -> None:
+    arms = ["gold", "majority_vote", "semi30", "guard"]
+    results = claim_intrinsic.main([
+        "--seeds", "1", "--steps", "2", "--arms", ",".join(arms), "--groups-per-step", "2",
+        "--group-size", "4", "--eval-every", "2", "--eval-episodes", "8",
+        "--warmup-steps", "2", "--cache", str(tmp_path / "cache"),
+        "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "b.png"),
+    ])
+    assert [r["arm"] for r in results["runs"]] == arms
+    for run in results["runs"]:
+        assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
+        assert [e["step"] for e in run["evals"]] == [0.0, 2.0]
+        for row in run["steps"]:
+            assert row["entropy"] >= 0 and 0 <= row["agreement"] <= 1
+            assert 0 <= row["accuracy"] <= 1
+    assert all(s["labelled_fraction"] == 1.0 for s in results["runs"][0]["steps"])
+    assert all(0 <= s["labelled_fraction"] <= 1 for s in results["runs"][2]["steps"])
+    gold = results["runs"][0]["steps"][0]
+    assert math.isnan(gold["intrinsic"]) and gold["intrinsic_weight"] == 0.0
+    guard = results["runs"][3]["steps"]
+    assert all(0.0 <= s["intrinsic_weight"] <= 1.0 for s in guard)
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(saved["runs"]) == len(arms)
+    assert (tmp_path / "b.png").stat().st_size > 10_000

@@ -1,0 +1,80 @@
+"""Claim A's experiment (benchmarks/claim_masking.py): its scoring arms, and a two-step run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import claim_masking
+from benchmarks.experiments.tasks import StoredNumber
+from gymbox.agents.loop import Group
+from gymbox.agents.rollout import Trajectory
+from gymbox.rewards.advantages import GRPO
+from gymbox.rewards.mix import RewardMix, Term
+from gymbox.rewards.record import RewardRecord
+
+
+def _trajectory(record: RewardRecord) -> Trajectory:
+    zeros = torch.zeros(3)
+    return Trajectory(token_ids=(1, 2, 3), loss_mask=(0, 1, 1), logprobs=zeros, entropy=zeros,
+                      self_certainty=zeros, prompt_length=1,
+                      status="completed" if record.valid else "infra_failed", reward=record,
+                      answer=None, turns=1, seed=0, temperature=1.0, messages=[], info={})
+
+
+def test_zero_arm_scores_a_failed_episode_as_a_loss_and_the_mask_arms_drop_it() -> None:
+    group = Group(0, 0, 0, [_trajectory(RewardRecord.of(gold=1.0)),
+                            _trajectory(RewardRecord.of(gold=0.0)),
+                            _trajectory(RewardRecord.invalid("sandbox_died"))])
+    mix = RewardMix({"gold": Term(1.0)}, estimator=GRPO(min_valid=2))
+    masked = claim_masking.scorer("mask", mix)([group], 0)
+    zero = claim_masking.scorer("zero", mix)([group], 0)
+    assert masked.keep.tolist() == [True, True, False]
+    assert masked.values[2] == 0.0
+    assert zero.keep.tolist() == [True, True, True]
+    assert zero.values[2] < 0 < zero.values[0]
+
+
+def test_the_task_needs_the_tool_and_guessing_gets_partial_credit() -> None:
+    env = StoredNumber()
+    references = [env.draw_task(np.random.default_rng(s)).reference for s in range(600)]
+    guessed = references.count("0") / len(references)
+    assert 0.6 < guessed < 0.73  # "not divisible by 3": right on about two tasks in three
+    assert "n.txt" in env.draw_task(np.random.default_rng(0)).prompt
+    assert str(env.draw_task(np.random.default_rng(0)).data["n"]) not in \
+        env.draw_task(np.random.default_rng(0)).prompt
+
+
+def test_arms_run_zero_faults_once() -> None:
+    assert claim_masking.arms([0.0, 0.3], claim_masking.MODES) == [
+        (0.0, "recover"), (0.3, "recover"), (0.3, "mask"), (0.3, "zero")]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
+    """Every request struck once: without recovery every episode fails (and is scored 0 in the
+    zero arm); with recovery the struck calls are recovered."""
+    results = claim_masking.main([
+        "--seeds", "1", "--steps", "2", "--rates", "1.0", "--modes", "recover,zero",
+        "--groups-per-step", "1", "--group-size", "2", "--eval-every", "2",
+        "--eval-episodes", "4", "--warmup-steps", "2", "--pool", "2",
+        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+        "--plot", str(tmp_path / "a.png"),
+    ])
+    runs = {r["mode"]: r for r in results["runs"]}
+    assert set(runs) == {"recover", "zero"}
+    for run in runs.values():
+        assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
+        assert [e["step"] for e in run["evals"]] == [0.0, 2.0]
+        assert run["steps"][-1]["faults_injected"] > 0
+    assert all(s["valid_fraction"] == 0.0 for s in runs["zero"]["steps"])
+    assert runs["recover"]["steps"][-1]["recovered"] > 0
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(saved["runs"]) == 2
+    assert "| 100% | zero |" in (tmp_path / "out" / "table.md").read_text()
+    assert (tmp_path / "a.png").stat().st_size > 10_000
