@@ -25,6 +25,7 @@ from gymbox.agents.loop import LoopConfig
 from gymbox.agents.policy import SamplingParams
 from gymbox.agents.rollout import DEFAULT_SAMPLING, Budget
 from gymbox.agents.trainer import TrainerConfig
+from gymbox.distributed.engines import ScaleConfig
 from gymbox.rewards.terms import TERMS
 from gymbox.runtime.faults import REQUEST_KINDS
 from gymbox.runtime.recovery import RecoveryPolicy
@@ -283,6 +284,8 @@ class TrainConfig:
         group_failures: what happens to a group when some of its episodes fail.
         sandboxes: where the sandboxes come from.
         faults: faults injected on purpose.
+        scale: sandboxes spread over several Docker engines on Ray (docs/scaling.md); off
+            unless ``scale.ray_address`` is set.
         warmup: imitation of the env's expert before RL.
         eval: held-out evaluation.
     """
@@ -300,6 +303,7 @@ class TrainConfig:
     group_failures: GroupFailureConfig = field(default_factory=GroupFailureConfig)
     sandboxes: SandboxSupplyConfig = field(default_factory=SandboxSupplyConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 

@@ -107,6 +107,17 @@ async def env_supply(config: TrainConfig, *, episodes_at_once: int) -> AsyncIter
         yield EnvSupply(make)
         return
     supply = config.sandboxes
+    if config.scale.enabled:
+        if config.faults.rate > 0:
+            raise ConfigurationError(
+                "faults.rate with scale.ray_address: faults are injected into the local engine's "
+                "backend; fault-test the run in-process first, then scale out with faults.rate = 0")
+        from gymbox.distributed import scaled_sandboxes  # the [ray] extra, only when scaling out
+
+        async with scaled_sandboxes(config.scale, spec=supply.spec, policy=supply.recovery,
+                                    breaker=_breaker(supply)) as sandboxes:
+            yield EnvSupply(lambda: make(sandboxes=sandboxes), sandboxes)
+        return
     backend = select_backend(supply.backend)
     injector = None
     if config.faults.rate > 0:

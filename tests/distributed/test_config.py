@@ -6,7 +6,7 @@ import tomllib
 
 import pytest
 
-from gymbox.agents.config import from_mapping
+from gymbox.config import from_mapping
 from gymbox.distributed import EngineBreaker, EngineConfig, ScaleConfig, TLSFiles
 from gymbox.distributed.engines import check_engines, discover_engines
 from gymbox.runtime.breaker import Backoff
