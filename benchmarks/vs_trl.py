@@ -58,16 +58,18 @@ def say(message: str) -> None:
 
 
 def train_config(args: argparse.Namespace, run_dir: str):
-    from gymbox.agents.train import EvalConfig, OptimConfig, SamplingConfig, TrainConfig
+    from gymbox.agents.run_config import TrainConfig
+    from gymbox.config import from_mapping
 
-    return TrainConfig(
-        env=args.env, model=args.model, run_dir=run_dir, steps=args.steps, groups_per_step=1,
-        group_size=args.group_size, seed=args.seed, max_turns=args.max_turns,
-        max_tokens=args.max_tokens,
-        sampling=SamplingConfig(temperature=1.0, max_new_tokens=args.max_new_tokens),
-        optim=OptimConfig(learning_rate=args.learning_rate, micro_batch_size=args.group_size),
-        eval=EvalConfig(episodes=args.eval_episodes),
-    )
+    return from_mapping(TrainConfig, {
+        "env": args.env, "run_dir": run_dir, "policy": {"model": args.model},
+        "loop": {"steps": args.steps, "groups_per_step": 1, "group_size": args.group_size,
+                 "seed": args.seed},
+        "budget": {"max_turns": args.max_turns, "max_tokens": args.max_tokens},
+        "sampling": {"temperature": 1.0, "max_new_tokens": args.max_new_tokens},
+        "optim": {"learning_rate": args.learning_rate, "micro_batch_size": args.group_size},
+        "eval": {"episodes": args.eval_episodes},
+    })
 
 
 def run_gymbox(args: argparse.Namespace, run_dir: str) -> dict[str, Any]:

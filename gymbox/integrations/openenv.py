@@ -48,7 +48,8 @@ from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import Field
 
-from gymbox.agents.train import TrainConfig, make_env_factory
+from gymbox.agents.run_config import TrainConfig
+from gymbox.agents.supply import make_env_factory
 from gymbox.envs.core import ToolEnv
 from gymbox.runtime.backend import Backend
 from gymbox.runtime.breaker import InfraCircuitBreaker

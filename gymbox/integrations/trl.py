@@ -49,7 +49,8 @@ from gymnasium.utils import seeding
 
 from gymbox.agents.policy import SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
-from gymbox.agents.train import TrainConfig, make_env_factory
+from gymbox.agents.run_config import TrainConfig
+from gymbox.agents.supply import make_env_factory
 from gymbox.envs.core import ToolEnv, _LoopThread
 from gymbox.runtime.backend import Backend
 from gymbox.runtime.breaker import InfraCircuitBreaker
