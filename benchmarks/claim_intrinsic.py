@@ -226,6 +226,8 @@ def plot(results: dict, path: Path) -> None:
             ax.fill_between(xs, [m - h for m, h in zip(mean, half, strict=True)],
                             [m + h for m, h in zip(mean, half, strict=True)],
                             color=colours[arm], alpha=0.12)
+        if key in ("accuracy", "agreement"):
+            ax.set_ylim(-0.05, 1.05)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -225,8 +225,8 @@ def plot(results: dict, path: Path) -> None:
             if not runs:
                 continue
             for row, (source, key, title) in enumerate((
-                    ("evals", "accuracy", "held-out accuracy (greedy)"),
-                    ("evals", "correct_tool_use", "held-out correct tool use"),
+                    ("evals", "accuracy", "held-out accuracy (τ=1)"),
+                    ("evals", "correct_tool_use", "held-out correct tool use (τ=1)"),
                     ("steps", "tool_attempt", "training episodes calling the tool"))):
                 xs, mean, half = curve([r[source] for r in runs], key)
                 ax = axes[row][col]

@@ -157,7 +157,7 @@ def curve(runs: Sequence[Sequence[dict[str, float]]], key: str) -> tuple[list[fl
     by_step: dict[float, list[float]] = {}
     for rows in runs:
         for row in rows:
-            if key in row and math.isfinite(row[key]):
+            if row.get(key) is not None and math.isfinite(row[key]):
                 by_step.setdefault(row["step"], []).append(row[key])
     xs = sorted(by_step)
     stats = [mean_ci(by_step[x]) for x in xs]
