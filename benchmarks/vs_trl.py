@@ -48,6 +48,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the pair this many times, alternating which side goes first")
+    parser.add_argument("--start-with", choices=["gymbox", "trl"], default="gymbox",
+                        help="the side that runs first in the first round")
     parser.add_argument("--side", choices=["gymbox", "trl"], help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
@@ -202,7 +204,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as scratch:
         for round_ in range(args.rounds):
             # Alternate the order, so a load that drifts during the run favours neither side.
-            order = ("gymbox", "trl") if round_ % 2 == 0 else ("trl", "gymbox")
+            first = args.start_with if round_ % 2 == 0 else {"gymbox": "trl", "trl": "gymbox"}[
+                args.start_with]
+            order = (first, "trl" if first == "gymbox" else "gymbox")
             results = {side: run_side(side, own, scratch) for side in order}
             print(f"\nround {round_ + 1} of {args.rounds} ({' first, then '.join(order)})")
             print_table(results)
