@@ -88,9 +88,27 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Remove gymbox containers whose owner process has exited (or all of them with --all)."""
+    """Remove gymbox containers whose owner process has exited (or all of them with --all), on
+    the local engine, or on every engine of a run config's ``[scale]`` section."""
     from gymbox.runtime.cleanup import reap
 
+    if args.config is not None:
+        from gymbox.agents.run_config import TrainConfig
+        from gymbox.config import load_config
+
+        scale = load_config(TrainConfig, args.config, []).scale
+        if not scale.enabled:
+            raise GymboxError(f"{args.config} has no [scale] section with a ray_address; "
+                              "run `gymbox gc` without --config for the local engine")
+        from gymbox.distributed import gc_engines  # the [ray] extra, only for scaled-out runs
+
+        removed = gc_engines(scale, everything=args.all)
+        for engine, items in removed.items():
+            for item in items:
+                console.print(f"{engine}: removed {item}")
+        console.print(f"{sum(map(len, removed.values()))} container(s) removed on "
+                      f"{len(removed)} engine(s)")
+        return 0
     reaped = reap(everything=args.all)
     for item in reaped:
         console.print(f"removed {item.container_id[:12]}: {item.reason}")
@@ -242,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     gc = commands.add_parser("gc", help="remove containers that crashed runs left behind")
     gc.add_argument("--all", action="store_true",
                     help="remove every gymbox container, live runs' included")
+    gc.add_argument("--config", metavar="FILE",
+                    help="a run config whose [scale] section lists the engines to clean")
     gc.set_defaults(run=cmd_gc)
 
     play = commands.add_parser("play", help="play an env by hand, as the agent")
@@ -291,7 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return run(args)
     except GymboxError as exc:
-        err_console.print(f"gymbox: error: {exc}")
+        err_console.print(f"gymbox: error: {exc}", markup=False)  # messages name [sections]
         return 1
     except KeyboardInterrupt:
         err_console.print("gymbox: interrupted")
