@@ -34,9 +34,10 @@ def main() -> int:
                         help="leave glibc's malloc arenas uncapped (the behaviour before)")
     args = parser.parse_args()
 
-    from gymbox.agents import memory, train as train_module
+    from gymbox.agents import memory
+    from gymbox.agents import train as train_module
     from gymbox.agents.run_config import TrainConfig
-    from gymbox.config import apply_overrides, load_config
+    from gymbox.config import load_config
 
     if args.no_arena_limit:
         train_module.limit_malloc_arenas = lambda arenas=2: False  # type: ignore[assignment]
@@ -46,6 +47,7 @@ def main() -> int:
     started = time.perf_counter()
     summary = train_module.train(config, evaluate_before=False)
     wall = time.perf_counter() - started
+    peak = memory.peak_rss_bytes() / GiB  # before the parameter count below loads a model
 
     from gymbox.agents.metrics import read_metrics
 
@@ -62,11 +64,11 @@ def main() -> int:
           f"(baseline: the process before loading, {start_rss / GiB:.2f} GiB)")
     print(f"{'step':>4}  {'RSS after step (GiB)':>20}  {'peak so far (GiB)':>17}")
     for row in rows:
-        print(f"{row['step'] + 1:>4}  {row['memory/rss_gb']:>20.2f}  {row['memory/peak_gb']:>17.2f}")
+        rss, high = row["memory/rss_gb"], row["memory/peak_gb"]
+        print(f"{row['step'] + 1:>4}  {rss:>20.2f}  {high:>17.2f}")
     if len(rows) >= 2:
         growth = (rows[-1]["memory/rss_gb"] - rows[0]["memory/rss_gb"]) / (len(rows) - 1)
         print(f"growth per step after the first: {growth * 1024:+.0f} MiB")
-    peak = memory.peak_rss_bytes() / GiB
     print(f"peak RSS of the whole run: {peak:.2f} GiB (target <= 4 GiB); "
           f"{peak / (model_state / GiB):.2f}x the model's own state")
     return 0

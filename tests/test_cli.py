@@ -137,4 +137,20 @@ def test_the_quickstart_config_warms_up_on_an_env_with_a_scripted_expert():
     config = load_config(TrainConfig, Path(__file__).parent.parent / "configs/quickstart.toml")
     env = make_env_factory(config)()
     assert config.warmup.sft_steps > 0 and env.can_demonstrate
+    # the mission: sandboxed multi-turn tools, async, semi-supervised gold + intrinsic, faults
+    assert env.needs_sandbox and config.budget.max_turns >= 2
+    assert config.loop.max_staleness >= 1
+    assert "gold" in config.reward.terms and len(config.reward.terms) >= 2
+    assert config.reward.mixing == "gold_where_labelled" and config.reward.labelled_fraction < 1
+    assert 0.05 <= config.faults.rate <= 0.15
     env.close()
+
+
+def test_explain_config_lists_every_key_with_its_default_and_doc():
+    proc = gymbox("train", "--explain-config")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "optim.learning_rate = 1e-05    # AdamW learning rate." in lines
+    assert any(line.startswith("sandboxes.recovery.deadline_s = ") for line in lines)
+    assert any(line.startswith("faults.rate = 0.0    # ") for line in lines)
+    assert any(line.startswith('sampling.stop = ["</tool_call>", "</answer>"]') for line in lines)

@@ -24,6 +24,7 @@ METRICS_FILE = "metrics.jsonl"
 PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("held-out accuracy", "accuracy (greedy)", ("eval/base", "eval/accuracy")),
     ("reward by term (mean over the samples it covers)", "reward", ("reward/",)),
+    ("training episodes the env's verifier passed (all tasks)", "share", ("gold",)),
     ("term weights (schedule × entropy guard)", "weight", ("weight/",)),
     ("entropy guard", "factor · mean entropy (nats)", ("guard/",)),
     ("valid and labelled samples", "fraction", ("valid_fraction", "labelled_fraction")),

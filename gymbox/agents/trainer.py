@@ -67,6 +67,10 @@ class TrainerConfig:
         micro_batch_size: trajectories per forward/backward (gradient accumulation).
         max_grad_norm: global gradient-norm clip.
         temperature: the sampling temperature the behaviour log-probs were taken at.
+        gradient_checkpointing: recompute each layer's activations in the backward pass
+            instead of keeping them (transformers' gradient checkpointing): the activations of
+            a micro-batch, the largest part of a step's peak memory, shrink to one layer's, for
+            about a third more compute. Generation (eval mode) is unaffected.
     """
 
     learning_rate: float = 1e-5
@@ -76,6 +80,7 @@ class TrainerConfig:
     micro_batch_size: int = 4
     max_grad_norm: float = 1.0
     temperature: float = 1.0
+    gradient_checkpointing: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +121,11 @@ class PolicyTrainer:
         self.model = model
         self.config = config
         self.ref_model = ref_model
+        if config.gradient_checkpointing:
+            if not hasattr(model, "gradient_checkpointing_enable"):
+                raise ValueError("gradient_checkpointing needs a transformers PreTrainedModel")
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False})
         if ref_model is not None:
             ref_model.requires_grad_(False).eval()
         self.optimizer = torch.optim.AdamW(

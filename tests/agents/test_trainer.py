@@ -148,3 +148,20 @@ def test_bad_samples_are_rejected_with_a_reason():
         TrainingSample([1, 2], [1, 1], [0.0, 0.0], 1.0)
     with pytest.raises(ValueError, match="ref_model"):
         PolicyTrainer(tiny_model(), TrainerConfig(kl_coef=0.1))
+
+
+def test_gradient_checkpointing_gives_the_same_update(tiny):
+    ids = tiny.tokenizer.encode("What is 2 + 2? <answer>4</answer>")
+    mask = [0] * 8 + [1] * (len(ids) - 8)
+    sample = TrainingSample(ids, mask, [-3.0] * len(ids), advantage=1.0)
+    results = []
+    for checkpointing in (False, True):
+        model = copy.deepcopy(tiny.model)
+        trainer = PolicyTrainer(model, TrainerConfig(learning_rate=1e-3,
+                                                     gradient_checkpointing=checkpointing))
+        metrics = trainer.step([sample, sample])
+        results.append((metrics.loss, metrics.grad_norm, [p.detach().clone()
+                                                          for p in model.parameters()]))
+    (loss_a, norm_a, weights_a), (loss_b, norm_b, weights_b) = results
+    assert loss_a == pytest.approx(loss_b, abs=1e-6) and norm_a == pytest.approx(norm_b, rel=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights_a, weights_b, strict=True))
