@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -51,6 +50,7 @@ from pydantic import Field
 from gymbox.agents.run_config import TrainConfig
 from gymbox.agents.supply import make_env_factory
 from gymbox.envs.core import ToolEnv
+from gymbox.envs.registry import require_registered
 from gymbox.runtime.backend import Backend
 from gymbox.runtime.breaker import InfraCircuitBreaker
 from gymbox.runtime.errors import ConfigurationError, InfraError
@@ -165,16 +165,6 @@ def _observation(text: str, info: Mapping[str, Any], *, done: bool,
     )
 
 
-def resolve_env_id(env_id: str) -> str:
-    """``module:Env-v0`` imports ``module`` (which registers the id) and returns ``Env-v0``;
-    a plain id is returned as it is."""
-    module, sep, name = env_id.partition(":")
-    if not sep:
-        return env_id
-    importlib.import_module(module)
-    return name
-
-
 class GymboxServer:
     """An OpenEnv server for one gymbox env, on one event loop with its sandbox pool.
 
@@ -207,7 +197,7 @@ class GymboxServer:
         if max_sessions < 1 or pool_size < 1:
             raise ValueError(f"max_sessions and pool_size must be at least 1, "
                              f"got {max_sessions} and {pool_size}")
-        self.env_id = resolve_env_id(env_id)
+        self.env_id = require_registered(env_id)
         self._make = make_env_factory(
             TrainConfig(env=self.env_id, env_kwargs=dict(env_kwargs or {})))
         self.host, self.port = host, port
