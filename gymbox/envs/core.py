@@ -590,6 +590,8 @@ class ToolEnv(gymnasium.Env[str, str]):
         if parsed.empty and answer is None:
             try:
                 env_reply = self.reply(text)
+            except InfraError:  # the platform failed under the env's reply: never the agent's
+                raise
             except Exception as exc:  # no text may stop the episode
                 log.warning("%s.reply raised", type(self).__name__, exc_info=True)
                 env_reply = Reply(f"Error: your message could not be read ({_describe(exc)}).")
