@@ -299,6 +299,7 @@ class VLLMPolicy:
             )
         return checked
 
+    @torch.no_grad()  # statistics of sampled tokens: no graph on the trainer's weights
     def _stats(
         self, prompts: list[list[int]], completions: list[list[int]], temperature: float
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
