@@ -44,7 +44,7 @@ from gymbox.agents.rollout import (
     rollout,
 )
 from gymbox.agents.run_config import TrainConfig, WarmupConfig
-from gymbox.agents.train import Run, evaluate_config, make_policy, train
+from gymbox.agents.train import Run, evaluate_config, policy_backend, train
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig, TrainingSample
 from gymbox.agents.warmup import NoDemonstrations, imitate_expert
 
@@ -82,7 +82,7 @@ __all__ = [
     "imitate_expert",
     "imitation_loss",
     "load_model",
-    "make_policy",
+    "policy_backend",
     "policy_loss",
     "resolve_model_dir",
     "rollout",

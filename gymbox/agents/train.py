@@ -43,7 +43,7 @@ from gymbox.agents.policy import Interrupted, TransformersPolicy
 from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
 from gymbox.agents.supply import EnvSupply, env_supply, make_env_factory
 from gymbox.agents.trainer import PolicyTrainer
-from gymbox.agents.vllm_policy import vllm_generator
+from gymbox.agents.vllm_policy import require_vllm, vllm_generator
 from gymbox.agents.warmup import imitate_expert
 from gymbox.config import from_mapping, to_mapping
 from gymbox.rewards.advantages import GRPO, RLOO, DrGRPO
@@ -78,13 +78,39 @@ def _transformers_generator(config: PolicyConfig, learner: TransformersPolicy,
     return SyncedPolicy(TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer))
 
 
-POLICY_BACKENDS: dict[str, Callable[[PolicyConfig, TransformersPolicy, bool], SyncedPolicy]] = {
-    "transformers": _transformers_generator,
-    "vllm": vllm_generator,
+@dataclass(frozen=True)
+class PolicyBackend:
+    """How ``policy.backend`` makes the generator that samples the episodes.
+
+    Attributes:
+        make: called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
+            sampling overlaps updates (``loop.max_staleness > 0``) and needs its own weights.
+        require: checks, before any model loads, that what the backend needs is installed.
+    """
+
+    make: Callable[[PolicyConfig, TransformersPolicy, bool], SyncedPolicy]
+    require: Callable[[], object] = lambda: None
+
+
+POLICY_BACKENDS: dict[str, PolicyBackend] = {
+    "transformers": PolicyBackend(_transformers_generator),
+    "vllm": PolicyBackend(vllm_generator, require=require_vllm),
 }
-"""``policy.backend`` → how the generator that samples the episodes is made from the learner.
-A backend is called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
-sampling overlaps updates (``loop.max_staleness > 0``) and needs its own copy of the weights."""
+"""``policy.backend`` → its :class:`PolicyBackend`."""
+
+
+def policy_backend(config: PolicyConfig) -> PolicyBackend:
+    """The backend ``config`` names, with its requirements checked (call it before loading).
+
+    Raises:
+        ConfigurationError: an unknown backend, or one whose package is not installed.
+    """
+    if config.backend not in POLICY_BACKENDS:
+        raise ConfigurationError(f"policy.backend {config.backend!r} is unknown; choose from "
+                                 f"{', '.join(POLICY_BACKENDS)}")
+    backend = POLICY_BACKENDS[config.backend]
+    backend.require()
+    return backend
 
 
 def load_learner(config: PolicyConfig, *, checkpoint: str | Path | None = None
@@ -98,19 +124,6 @@ def load_learner(config: PolicyConfig, *, checkpoint: str | Path | None = None
         state = torch.load(path, map_location="cpu", weights_only=False)
         policy.model.load_state_dict(state["model"])
     return policy
-
-
-def make_policy(config: PolicyConfig, learner: TransformersPolicy, *,
-                separate_weights: bool) -> SyncedPolicy:
-    """The generator of ``config.backend`` (see :data:`POLICY_BACKENDS`).
-
-    Raises:
-        ConfigurationError: an unknown backend.
-    """
-    if config.backend not in POLICY_BACKENDS:
-        raise ConfigurationError(f"policy.backend {config.backend!r} is unknown; choose from "
-                                 f"{', '.join(POLICY_BACKENDS)}")
-    return POLICY_BACKENDS[config.backend](config, learner, separate_weights)
 
 
 def build_reward_mix(config: RewardConfig, steps: int) -> RewardMix:
@@ -222,10 +235,10 @@ class Run:
     def start(cls, config: TrainConfig, log: Log, *, resume: bool = False) -> Run:
         """Load the model, make the generator, trainer and reward mix; resume if asked."""
         make_env_factory(config)  # an unknown env fails here, before the model loads
+        backend = policy_backend(config.policy)  # and so do an unknown or missing backend
         started = time.perf_counter()
         learner = load_learner(config.policy)
-        generator = make_policy(config.policy, learner,
-                                separate_weights=config.loop.max_staleness > 0)
+        generator = backend.make(config.policy, learner, config.loop.max_staleness > 0)
         ref_model = copy.deepcopy(learner.model) if config.optim.kl_coef > 0 else None
         trainer = PolicyTrainer(learner.model, config.trainer, ref_model=ref_model)
         run = cls(config, log, learner, generator, trainer,
