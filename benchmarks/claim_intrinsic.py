@@ -276,7 +276,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse(argv)
-    results = asyncio.run(experiment(args))
+    threads = torch.get_num_threads()
+    try:
+        results = asyncio.run(experiment(args))
+    finally:  # a caller in the same process (a test, a notebook) keeps its own thread count
+        torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))

@@ -157,8 +157,9 @@ async def experiment(args: argparse.Namespace) -> dict:
                     injector = pool.backend
                     sandboxes = RecoveringSandboxes(pool) if mode == "recover" else pool
 
-                    def make_env(sandboxes=sandboxes) -> StoredNumber:
-                        return StoredNumber(sandboxes=sandboxes)
+                    def make_env(sandboxes=sandboxes, recover=mode == "recover") -> StoredNumber:
+                        # The arms without recovery opt out of the env's safe default.
+                        return StoredNumber(sandboxes=sandboxes, recovery=recover)
 
                     def counters(sandboxes=sandboxes, injector=injector) -> dict[str, float]:
                         out = {"faults_injected": float(len(injector.log))}
@@ -287,7 +288,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> dict:
     args = parse(argv)
-    results = asyncio.run(experiment(args))
+    threads = torch.get_num_threads()
+    try:
+        results = asyncio.run(experiment(args))
+    finally:  # a caller in the same process (a test, a notebook) keeps its own thread count
+        torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))

@@ -206,6 +206,11 @@ class RemoteSandbox:
         """The name of the engine this sandbox runs on."""
         return self._lane.name
 
+    @property
+    def workdir(self) -> str:
+        """The agent's working directory in the sandbox (the spec's, as on every engine)."""
+        return self._spec.workdir
+
     async def exec(self, cmd: str | Sequence[str], *, timeout: float | None = None,
                    cwd: str | None = None, env: Mapping[str, str] | None = None,
                    stdin: bytes | str | None = None) -> ExecResult:

@@ -213,6 +213,10 @@ class ToolEnv(gymnasium.Env[str, str]):
             :class:`~gymbox.runtime.recovery.RecoveryPolicy`), so recovery and attribution are
             always on. None makes a private one-sandbox pool of ``sandbox_spec`` on first
             use, behind recovery too, closed by ``close``.
+        recovery: False hands ``sandboxes``' sandboxes to episodes as they are, so every infra
+            failure ends its episode ``infra_failed`` and an agent-caused crash is masked too.
+            Less safe on purpose: only for measuring what recovery buys
+            (``benchmarks/claim_masking.py``); never a default.
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"]}
@@ -247,6 +251,7 @@ class ToolEnv(gymnasium.Env[str, str]):
         max_action_chars: int = 32_768,
         sandboxes: SandboxSource | None = None,
         render_mode: str | None = None,
+        recovery: bool = True,
     ) -> None:
         if max_turns < 1:
             raise ValueError(f"max_turns must be at least 1, got {max_turns}")
@@ -261,7 +266,7 @@ class ToolEnv(gymnasium.Env[str, str]):
         self.action_space = ChatText(MAX_ACTION_CHARS)
         self._sandboxes = (
             sandboxes if sandboxes is None or isinstance(sandboxes, RecoveringSandboxes)
-            else RecoveringSandboxes(sandboxes)
+            or not recovery else RecoveringSandboxes(sandboxes)
         )
         self._private_pool: SandboxPool | None = None
         self._episode_resources = contextlib.AsyncExitStack()

@@ -85,7 +85,12 @@ def classify(exc: BaseException, *, doing: str, first: BaseException | None = No
     return SandboxStartError(f"{doing}: the engine refused ({reason})", cause=exc)
 
 
-async def control_call(fn: Callable[[], T], *, doing: str, deadline_s: float = 30.0) -> T:
+CONTROL_DEADLINE_S = 30.0
+"""The most one control-plane call (create, start, inspect, remove) may take, retries included."""
+
+
+async def control_call(fn: Callable[[], T], *, doing: str,
+                       deadline_s: float = CONTROL_DEADLINE_S) -> T:
     """Run the blocking SDK call ``fn`` in a thread, retrying transient failures.
 
     Raises:

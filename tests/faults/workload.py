@@ -25,6 +25,7 @@ from gymbox.envs import Task, ToolEnv, tool
 from gymbox.rewards import RewardRecord
 from gymbox.runtime import DockerBackend, ExecResult, InfraError, SandboxPool, SandboxSpec
 from gymbox.runtime.breaker import InfraCircuitBreaker
+from gymbox.runtime.classify import CONTROL_DEADLINE_S
 from gymbox.runtime.faults import FaultInjector, FaultPlan, inject_faults
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 
@@ -43,9 +44,9 @@ hanging to its backstop and then recovering for a whole deadline. Past it the ep
 cancelled and the test fails, instead of stalling."""
 
 
-async def containers_left(client: Any, *, settle_s: float = 10.0) -> list[str]:
-    """Ids of this run's containers still on the engine after up to ``settle_s`` (auto-removal
-    and lease expiry are asynchronous)."""
+async def containers_left(client: Any, *, settle_s: float = CONTROL_DEADLINE_S) -> list[str]:
+    """Ids of this run's containers still on the engine after up to ``settle_s``: removals run
+    in the background, each bounded by the runtime's control-call deadline."""
     deadline = time.monotonic() + settle_s
     while True:
         left = [c["Id"] for c in client.api.containers(
