@@ -28,8 +28,6 @@ Usage (the full experiment, about 30 min on a quiet 2-core machine)::
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -41,8 +39,8 @@ from benchmarks.experiments.harness import (
     Schedule,
     curve,
     fmt_ci,
-    json_safe,
     masked_mean,
+    run_and_report,
     say,
     train_arm,
 )
@@ -275,23 +273,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = parse(argv)
-    threads = torch.get_num_threads()
-    try:
-        results = asyncio.run(experiment(args))
-    finally:  # a caller in the same process (a test, a notebook) keeps its own thread count
-        torch.set_num_threads(threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
-    report = table(results)
-    (out / "table.md").write_text(report + "\n")
-    say(f"claim B done in {results['wall_s']:.0f}s; policy {args.model}; results in {out}")
-    print(report, flush=True)
-    if args.plot:
-        plot(results, Path(args.plot))
-        say(f"plot: {args.plot}")
-    return results
+    return run_and_report("claim B", parse(argv), experiment, table, plot)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ evaluation.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -179,3 +182,26 @@ def json_safe(value: Any) -> Any:
         return [json_safe(v) for v in value]
     return value
 
+
+
+def run_and_report(claim: str, args: Any, experiment: Callable[[Any], Awaitable[dict]],
+                   table: Callable[[dict], str], plot: Callable[[dict, Path], None]) -> dict:
+    """Run one claim's ``experiment(args)``; write ``results.json`` and ``table.md`` under
+    ``args.out``, print the table, draw ``args.plot`` if given. The caller's torch thread count
+    is restored afterwards: a test or a notebook in the same process keeps its own."""
+    threads = torch.get_num_threads()
+    try:
+        results = asyncio.run(experiment(args))
+    finally:
+        torch.set_num_threads(threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))
+    report = table(results)
+    (out / "table.md").write_text(report + "\n")
+    say(f"{claim} done in {results['wall_s']:.0f}s; policy {args.model}; results in {out}")
+    print(report, flush=True)
+    if args.plot:
+        plot(results, Path(args.plot))
+        say(f"plot: {args.plot}")
+    return results

@@ -429,7 +429,7 @@ class Run:
                     await self.train_steps()
                 if not self.stop.is_set():
                     await self.evaluate("after", step=self.trainer.steps_done)
-            except Interrupted:
+            except Interrupted:  # Ctrl-C cut a generation short: stop is set, a checkpoint follows
                 pass
             return not self.stop.is_set()
 

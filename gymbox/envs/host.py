@@ -284,7 +284,7 @@ threading.Thread(target=orphaned, daemon=True).start()
 limit = int(os.environ["GYMBOX_HOST_MEMORY"])
 try:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-except (ValueError, OSError):
+except (ValueError, OSError):  # a hard limit already below ours stands, which is stricter
     pass
 requests, replies = os.fdopen(os.dup(0), "rb"), os.fdopen(os.dup(1), "wb")
 devnull = os.open(os.devnull, os.O_RDWR)
