@@ -86,6 +86,9 @@ start_one() {
   mkdir -p "$dir/data" "$dir/exec"
   # A socket or pid file left by a killed engine would make dockerd refuse to start.
   [[ -n $(dockerd_pid "$i") ]] || rm -f "$dir/docker.sock" "$dir/dockerd.pid"
+  # A killed containerd may linger as a zombie (its pid answers `kill -0`): dockerd would wait
+  # for it instead of starting its own.
+  [[ -n $(containerd_pid "$i") ]] || rm -f "$dir/exec/containerd/containerd.pid"
   local tls=()
   if [[ -n ${GYMBOX_ENGINE_TLS_PORT:-} ]]; then
     make_certs "$dir/tls"
@@ -148,6 +151,7 @@ stop_one() {
   local i=$1
   [[ -d $(dir_of "$i") ]] || return 0
   if [[ -z $(dockerd_pid "$i")$(containerd_pid "$i") ]]; then
+    reap_orphans "$i"  # a killed engine's shims outlive it
     return 0
   fi
   say "stopping engine $i"
@@ -198,6 +202,8 @@ case $cmd in
     [[ -n $(dockerd_pid "$1") ]] || die "engine $1 does not run"
     say "killing engine $1 (SIGKILL)"
     signal_engine "$1" KILL
+    # Until they are reaped, a `restart` would find containerd "still running" and wait on it.
+    wait_gone "$1"
     ;;
   stop)
     if (($# == 0)); then set -- $(engines); fi

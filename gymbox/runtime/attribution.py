@@ -3,7 +3,9 @@
 When a call fails with an :class:`~gymbox.runtime.errors.InfraError`, the sandbox gathers what
 the platform observed (:class:`Evidence`, attached to the error as ``error.evidence``):
 
-* whether the engine answered at all;
+* whether the engine answered at all, and whether it went away since the sandbox started (the
+  host holds the engine's event stream open: it breaks when the engine stops, crashes or
+  restarts, even if the engine is back by the time it is asked);
 * the engine's record of the container (:class:`Record`: running, paused, OOM-killed, exit
   code, or removed);
 * the engine's event stream for that container around the call (``kill``, ``stop``, ``pause``,
@@ -15,9 +17,10 @@ the platform observed (:class:`Evidence`, attached to the error as ``error.evide
 
 :func:`attribute` decides, from that alone, one :class:`Cause`:
 
-* ``INFRA`` — something the agent cannot do: nothing of the call ran, the engine did not answer,
-  the container was killed, stopped, paused or entered from outside, its lease ran out, or a
-  fault was injected. Recovery rebuilds the sandbox, and masks the episode only when that fails.
+* ``INFRA`` — something the agent cannot do: nothing of the call ran, the engine did not answer
+  or went away (restarted), the container was killed, stopped, paused or entered from outside,
+  its lease ran out, or a fault was injected. Recovery rebuilds the sandbox, and masks the
+  episode only when that fails.
 * ``AGENT`` — the agent exhausted its own limits: the kernel OOM-killed in the container, or
   the supervisor's last report had memory, pids or a tmpfs near its limit. Scored, never masked.
 * ``AMBIGUOUS`` — neither: the call may be re-tested by replaying the journal into a fresh
@@ -41,6 +44,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -140,9 +144,13 @@ class Evidence:
             ``action:detail`` (``kill:9``, ``die:137``, ``oom``, ``pause``, ``exec_start``).
         pressure: the supervisor's last resource-pressure report, or None.
         injected: the fault injector's log for this sandbox (tests only).
+        engine_lost_at: when the engine went away (its event stream, held open by the host,
+            broke: the engine stopped, crashed or restarted) after the sandbox started, as
+            ``time.time()``; None if it did not, or if that cannot be known.
     """
 
     engine_answered: bool = True
+    engine_lost_at: float | None = None
     record: Record | None = None
     events: tuple[str, ...] = ()
     pressure: Pressure | None = None
@@ -185,6 +193,11 @@ def attribute(failure: InfraError, evidence: Evidence | None) -> Attribution:
         return Attribution(Cause.AMBIGUOUS, "no evidence could be gathered")
     if evidence.injected:
         return Attribution(Cause.INFRA, f"injected fault: {', '.join(evidence.injected)}")
+    if evidence.engine_lost_at is not None:
+        when = time.strftime("%H:%M:%S", time.localtime(evidence.engine_lost_at))
+        state = "and has not come back" if not evidence.engine_answered else "and came back"
+        return Attribution(Cause.INFRA, f"the engine went away at {when} (its event stream "
+                                        f"broke: stopped, crashed or restarted) {state}")
     if not evidence.engine_answered:
         return Attribution(Cause.INFRA, "the engine did not answer")
     outside = evidence.outside()

@@ -18,11 +18,15 @@ container's record and its events around the call): the evidence that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
+import ssl
 import threading
 import time
+import urllib.parse
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +73,8 @@ LEASE_WATCH = (
     f'if command -v python3 >/dev/null; then exec python3 -I -c "{LEASE_LOOP_PY}" "$1"; fi; '
     + LEASE_LOOP_SH
 )
+WATCH_CONNECT_S = 5.0
+"""How long a first launch waits for the engine watch's stream to open."""
 EVENT_WINDOW_S = 5.0
 """How far before a failed call's start the engine's events are read (a strike on the call
 lands after it was sent, but the clocks of host and engine may differ a little)."""
@@ -98,6 +104,33 @@ class DockerLink:
         reader, writer = await asyncio.open_connection(sock=sock, limit=2**24)
         return cls(reader, writer)
 
+    @classmethod
+    async def open_tls(cls, api: docker.APIClient, exec_id: str) -> DockerLink:
+        """Start exec ``exec_id`` on a TLS engine and attach to it, all on the event loop.
+
+        docker-py would hand back an ``SSLSocket``, which asyncio cannot adopt; so the
+        ``POST /exec/{id}/start`` upgrade that docker-py sends is sent here over asyncio's own
+        TLS, verified with the client's CA, certificate and hostname settings."""
+        url = urllib.parse.urlsplit(api._url("/exec/{0}/start", exec_id))
+        reader, writer = await asyncio.open_connection(
+            url.hostname, url.port or 2376, ssl=_ssl_context(api), limit=2**24)
+        body = json.dumps({"Tty": False, "Detach": False}).encode()
+        writer.write(
+            f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\n"
+            "Content-Type: application/json\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+            writer.close()
+            raise ConnectionError("the engine closed the exec stream before answering") from exc
+        status = head.split(b"\r\n", 1)[0].split()
+        if len(status) < 2 or status[1] not in (b"101", b"200"):
+            writer.close()
+            raise SandboxStartError(
+                f"starting the supervisor: the engine answered {head.splitlines()[0]!r}")
+        return cls(reader, writer)
+
     async def read(self) -> bytes:
         while True:
             try:
@@ -119,12 +152,75 @@ class DockerLink:
         self._writer.close()
 
 
+class EngineWatch:
+    """The engine's event stream, held open on a thread: it breaks only when the engine goes
+    away (stops, crashes or restarts), which no process in a container can cause.
+
+    ``generation`` counts the connections made; a sandbox launched in one generation whose
+    failure is seen in a later one, or while the stream is down, outlived its engine. A stream
+    that cannot be opened at all leaves ``generation`` None: no evidence either way."""
+
+    RECONNECT_S = 0.5
+
+    def __init__(self, client: docker.DockerClient) -> None:
+        self._client = client
+        self._lock = threading.Lock()
+        self._connected = threading.Event()
+        self._closed = False
+        self._stream: Any = None
+        self.generation: int | None = None
+        self.down_since: float | None = None
+        """When the stream broke (``time.time()``), while it stays broken; else None."""
+        self.last_break: float | None = None
+        threading.Thread(target=self._run, name="gymbox-engine-watch", daemon=True).start()
+
+    def wait_connected(self, timeout: float) -> None:
+        self._connected.wait(timeout)
+
+    def lost_since(self, generation: int | None) -> float | None:
+        """When the engine went away after ``generation`` began (``time.time()``), or None if
+        it did not, or if that cannot be known."""
+        with self._lock:
+            if generation is None or self.generation is None:
+                return None
+            if self.down_since is not None:
+                return self.down_since
+            return self.last_break if self.generation != generation else None
+
+    def close(self) -> None:
+        self._closed = True
+        with contextlib.suppress(Exception):
+            if self._stream is not None:
+                self._stream.close()
+
+    def _run(self) -> None:
+        while not self._closed:
+            try:
+                # Daemon events are rare: the stream stays silent until the engine goes away.
+                self._stream = self._client.api.events(filters={"type": "daemon"}, decode=True)
+                with self._lock:
+                    self.generation = (self.generation or 0) + 1
+                    self.down_since = None
+                self._connected.set()
+                for _ in self._stream:
+                    pass
+            except Exception:  # any end of the stream, clean or not, is the engine going away
+                pass
+            if self._closed:
+                return
+            with self._lock:
+                if self.generation is not None and self.down_since is None:
+                    self.down_since = self.last_break = time.time()
+            time.sleep(self.RECONNECT_S)
+
+
 class DockerInstance:
     """One container with its supervisor attached."""
 
     def __init__(self, backend: DockerBackend, container_id: str, link: Link,
-                 own_execs: frozenset[str] = frozenset()) -> None:
+                 own_execs: frozenset[str] = frozenset(), generation: int | None = None) -> None:
         self.backend = backend
+        self._generation = generation
         self.id = container_id
         self.workdir = WORKSPACE
         self.link = link
@@ -139,6 +235,7 @@ class DockerInstance:
         its record and its events. An engine that does not answer is evidence too."""
         api = self.backend.client.api
         until = time.time()
+        lost_at = self.backend.engine_lost_since(self._generation)
         try:
             info = await control_call(lambda: api.inspect_container(self.id),
                                       doing="inspecting a failed sandbox", deadline_s=5.0)
@@ -148,15 +245,15 @@ class DockerInstance:
                 raise
             record = Record(removed=True)
         except InfraError:
-            return Evidence(engine_answered=False)
+            return Evidence(engine_answered=False, engine_lost_at=lost_at)
         try:
             events = await control_call(
                 lambda: list(api.events(since=since - EVENT_WINDOW_S, until=until,
                                         filters={"container": self.id}, decode=True)),
                 doing="reading a failed sandbox's events", deadline_s=5.0)
         except InfraError:
-            return Evidence(engine_answered=False, record=record)
-        return Evidence(record=record, events=tuple(
+            return Evidence(engine_answered=False, record=record, engine_lost_at=lost_at)
+        return Evidence(record=record, engine_lost_at=lost_at, events=tuple(
             e for e in map(self._event, events) if e is not None))
 
     def _event(self, event: dict[str, Any]) -> str | None:
@@ -226,6 +323,22 @@ class DockerBackend:
         self._client_lock = threading.Lock()
         self._reaped = False
         self._has_python: dict[str, bool] = {}
+        self._watch: EngineWatch | None = None
+
+    def engine_lost_since(self, generation: int | None) -> float | None:
+        """When the engine went away (its event stream broke) after ``generation`` of its
+        watch began; None if it did not, or if that cannot be known."""
+        return self._watch.lost_since(generation) if self._watch is not None else None
+
+    def _watched_client(self) -> docker.DockerClient:
+        """The client, with the engine watch started (and given a moment to connect)."""
+        client = self.client
+        with self._client_lock:
+            if self._watch is None:
+                self._watch = EngineWatch(client)
+                weakref.finalize(self, self._watch.close)
+        self._watch.wait_connected(WATCH_CONNECT_S)
+        return client
 
     @property
     def client(self) -> docker.DockerClient:
@@ -239,8 +352,9 @@ class DockerBackend:
         """Start a container for ``spec`` with its supervisor attached (see :class:`Backend
         <gymbox.runtime.backend.Backend>`)."""
         deadline = self.control_deadline_s
-        client = await control_call(lambda: self.client, doing="connecting to the engine",
+        client = await control_call(self._watched_client, doing="connecting to the engine",
                                     deadline_s=deadline)
+        generation = self._watch.generation if self._watch is not None else None
         if not self._reaped:
             await control_call(lambda: cleanup.reap(client), doing="reaping leftovers",
                                deadline_s=deadline)
@@ -261,7 +375,7 @@ class DockerBackend:
             if isinstance(exc, Exception):
                 raise classify(exc, doing="starting a sandbox") from exc
             raise
-        return DockerInstance(self, container_id, link, frozenset(own_execs))
+        return DockerInstance(self, container_id, link, frozenset(own_execs), generation)
 
     async def _link(self, client: docker.DockerClient, spec: SandboxSpec,
                     container_id: str, own_execs: set[str]) -> Link:
@@ -284,11 +398,23 @@ class DockerBackend:
             return ExecPerCallLink(client, container_id, agent_uid=spec.agent_uid,
                                    workdir=WORKSPACE, env=dict(spec.env),
                                    lease_path=LEASE_PATH)
+        exec_id = await control_call(
+            lambda: self._supervisor_exec(client, spec, container_id),
+            doing="starting the supervisor", deadline_s=self.control_deadline_s)
+        own_execs.add(exec_id)
         # Not retried: a second attempt could start a second supervisor.
-        sock = await control_call(
-            lambda: self._attach_supervisor(client, spec, container_id, own_execs),
-            doing="starting the supervisor", deadline_s=0)
-        return await DockerLink.open(sock)
+        if client.api.base_url.startswith("https://"):
+            try:
+                link = await asyncio.wait_for(DockerLink.open_tls(client.api, exec_id),
+                                              self.control_deadline_s)
+            except (TimeoutError, OSError) as exc:
+                raise classify(exc, doing="starting the supervisor") from exc
+        else:
+            sock = await control_call(lambda: client.api.exec_start(exec_id, socket=True)._sock,
+                                      doing="starting the supervisor", deadline_s=0)
+            link = await DockerLink.open(sock)
+        link.write(SUPERVISOR_SOURCE.encode())
+        return link
 
     def _create(self, client: docker.DockerClient, spec: SandboxSpec) -> str:
         uid = spec.agent_uid
@@ -342,25 +468,21 @@ class DockerBackend:
         )
         return created["Id"]
 
-    def _attach_supervisor(
-        self, client: docker.DockerClient, spec: SandboxSpec, container_id: str,
-        own_execs: set[str],
-    ) -> socket.socket:
+    def _supervisor_exec(self, client: docker.DockerClient, spec: SandboxSpec,
+                         container_id: str) -> str:
+        """Create (not start) the exec that runs the supervisor; its bootstrap then reads the
+        supervisor's source from the stream."""
         config = {
             "agent_uid": spec.agent_uid, "agent_gid": spec.agent_uid,
             "workdir": WORKSPACE, "env": dict(spec.env), "lease_path": LEASE_PATH,
             "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True, "align_pids": True,
             "tmpfs": list(spec.tmpfs),
         }
-        source = SUPERVISOR_SOURCE.encode()
-        exec_id = client.api.exec_create(
-            container_id, ["python3", "-I", "-c", BOOTSTRAP, str(len(source)), json.dumps(config)],
+        size = len(SUPERVISOR_SOURCE.encode())
+        return client.api.exec_create(
+            container_id, ["python3", "-I", "-c", BOOTSTRAP, str(size), json.dumps(config)],
             stdin=True, stdout=True, stderr=True, tty=False, user="0", workdir="/",
         )["Id"]
-        own_execs.add(exec_id)
-        sock = client.api.exec_start(exec_id, socket=True)._sock
-        sock.sendall(source)
-        return sock
 
     def _remove_now(self, container_id: str) -> None:
         try:
@@ -378,6 +500,22 @@ class DockerBackend:
         finally:
             cleanup.unregister(container_id)
 
+
+
+def _ssl_context(api: docker.APIClient) -> ssl.SSLContext:
+    """The TLS settings docker-py's client was given (``verify``: True, False or a CA file;
+    ``cert``: the client's certificate and key), as an ``ssl`` context for asyncio."""
+    cafile = api.verify if isinstance(api.verify, str) else None
+    context = ssl.create_default_context(cafile=cafile)
+    adapter = api.adapters.get("https://")
+    if api.verify is False or getattr(adapter, "assert_hostname", None) is False:
+        context.check_hostname = False
+    if api.verify is False:
+        context.verify_mode = ssl.CERT_NONE
+    if api.cert:
+        cert, key = api.cert if isinstance(api.cert, tuple) else (api.cert, None)
+        context.load_cert_chain(cert, key)
+    return context
 
 
 def _record(state: dict[str, Any]) -> Record:

@@ -405,6 +405,8 @@ class Sandbox:
             try:
                 state = await self._instance.state()
             except InfraError as exc:
+                if lost.sent:  # the engine went away with the request: it may have run
+                    exc.retry_safe = False
                 return exc
             if state in (InstanceState.EXITED, InstanceState.GONE):
                 return SandboxDied(f"the sandbox {state.value} ({lost})", cause=lost)

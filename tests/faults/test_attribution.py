@@ -28,6 +28,9 @@ FULL = Pressure(memory=0.97, pids=0.1, tmpfs={"/tmp": 0.2})
     (SandboxUnresponsive("paused"), Evidence(events=("pause",)), Cause.INFRA),
     (SandboxUnresponsive("paused"), Evidence(record=Record(paused=True)), Cause.INFRA),
     (LOST, Evidence(events=("exec_create", "exec_start")), Cause.INFRA),
+    # the engine went away and came back (restarted), even with the agent's pressure around it
+    (LOST, Evidence(engine_lost_at=1.0, record=Record(removed=True)), Cause.INFRA),
+    (DIED, Evidence(engine_lost_at=1.0, events=("oom",), pressure=FULL), Cause.INFRA),
     (SupervisorFault("garbled"), Evidence(injected=("garble_response",)), Cause.INFRA),
     (DIED, Evidence(events=("die:0", "destroy")), Cause.INFRA),  # the lease ran out
     # outside evidence wins over the agent's pressure

@@ -1,0 +1,76 @@
+"""Sandboxes on an engine other than the default socket: one reached over TCP with TLS, and one
+that is restarted while a call runs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import pytest
+
+from gymbox.runtime import DockerBackend, Sandbox, SandboxPool, SandboxSpec
+from gymbox.runtime.attribution import Cause, attribute
+from gymbox.runtime.errors import InfraError
+from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
+from tests.runtime.conftest import OWNER_FILTER
+
+RESTART_CLEANUP_S = 60.0
+"""A restarted engine removes its dead auto-remove containers itself, in its own time."""
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+async def test_a_sandbox_runs_on_a_tls_engine_with_its_fast_path(extra_engine):
+    client = extra_engine.tls_client()
+    try:
+        async with await Sandbox.open(SandboxSpec(), backend=DockerBackend(client)) as sandbox:
+            result = await sandbox.exec(["sh", "-c", "echo over tls; id -u"], timeout=30)
+            cell = await sandbox.run_python("6 * 7", timeout=30)
+            sandbox_id = sandbox.id
+        assert (result.exit_code, result.stdout) == (0, "over tls\n1000\n")
+        assert cell.stdout == "42\n"
+        # The supervisor ran attached (no per-call `docker exec`): run_python needs it.
+        assert not client.api.containers(all=True, filters={"id": sandbox_id})
+    finally:
+        client.close()
+
+
+async def test_an_engine_restarted_mid_call_is_infra_recovered_never_scored(extra_engine, caplog):
+    """The engine is SIGKILLed while a command runs and started again: the failure is seen as
+    the engine going away (its event stream broke), attributed INFRA, and the episode goes on
+    in a fresh sandbox on the restarted engine with its journal replayed, or ends masked;
+    never scored as the agent's. Nothing is left on the engine."""
+    client = extra_engine.client()
+    spec = SandboxSpec()
+    policy = RecoveryPolicy(deadline_s=120.0)
+    caplog.set_level(logging.INFO, logger="gymbox.runtime.recovery")
+    try:
+        async with SandboxPool(spec, size=1, backend=DockerBackend(client)) as pool:
+            sandboxes = RecoveringSandboxes(pool, policy)
+            async with sandboxes.acquire() as sandbox:
+                await sandbox.exec(["sh", "-c", "echo before > state"], timeout=30)
+                call = asyncio.create_task(
+                    sandbox.exec(["sh", "-c", "sleep 3; cat state"], timeout=60))
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(extra_engine.script, "kill", "1")
+                await asyncio.sleep(1.0)
+                await asyncio.to_thread(extra_engine.script, "restart", "1")
+                try:
+                    result = await call
+                except InfraError as exc:  # masked: allowed, and must be infra
+                    assert attribute(exc, exc.evidence).cause is Cause.INFRA
+                else:
+                    assert (result.exit_code, result.stdout) == (0, "before\n")
+                    assert sandbox.journal[-1].duration_s >= 0
+            metrics = sandboxes.metrics
+        assert sum(metrics.agent_caused.values()) == 0, metrics
+        assert sum(metrics.recovered.values()) + sum(metrics.masked.values()) >= 1, metrics
+        assert "the engine went away" in caplog.text, caplog.text
+        deadline = time.monotonic() + RESTART_CLEANUP_S
+        while client.api.containers(all=True, filters=OWNER_FILTER) and \
+                time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+        assert client.api.containers(all=True, filters=OWNER_FILTER) == []
+    finally:
+        client.close()
