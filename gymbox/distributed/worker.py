@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import socket
@@ -23,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from gymbox.distributed.engines import EngineConfig
-from gymbox.distributed.tls_tunnel import TLSTunnel
 from gymbox.runtime import cleanup
 from gymbox.runtime.docker_backend import DockerBackend
 from gymbox.runtime.errors import GymboxError, InvalidRequest
@@ -89,7 +87,6 @@ class EngineWorker:
         self._pool: SandboxPool | None = None
         self._leases: dict[str, tuple[Any, contextlib.AsyncExitStack]] = {}
         self._client = None
-        self._tunnel: TLSTunnel | None = None
 
     async def start(self) -> Outcome:
         """Connect to the engine and fill the pool; the outcome holds a :class:`WorkerInfo`."""
@@ -107,15 +104,8 @@ class EngineWorker:
                                   os.getpid(), version))
 
     async def _connect(self):
-        """A client to the engine; through a :class:`TLSTunnel` for a TLS engine, whose
-        attached exec streams asyncio could not drive over an ``SSLSocket`` directly."""
-        if self.engine.tls is None:
-            return self.engine.connect()
-        self._tunnel = TLSTunnel(self.engine)
-        await self._tunnel.start()
-        local = dataclasses.replace(self.engine, docker_host=self._tunnel.address, tls=None)
-        # Blocking SDK calls; the tunnel serves them on this loop meanwhile.
-        return await asyncio.to_thread(local.connect)
+        """A client to the engine (TLS or not: the runtime attaches over either)."""
+        return await asyncio.to_thread(self.engine.connect)
 
     async def acquire(self) -> Outcome:
         """A healthy sandbox from the pool; the outcome holds its id."""
@@ -162,8 +152,6 @@ class EngineWorker:
             await self._pool.close()
         if self._client is not None:
             self._client.close()
-        if self._tunnel is not None:
-            await self._tunnel.close()
 
 
 def reap_engine(engine: EngineConfig, *, everything: bool = False) -> list[str]:
