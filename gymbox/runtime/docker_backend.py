@@ -157,8 +157,10 @@ class EngineWatch:
     away (stops, crashes or restarts), which no process in a container can cause.
 
     ``generation`` counts the connections made; a sandbox launched in one generation whose
-    failure is seen in a later one, or while the stream is down, outlived its engine. A stream
-    that cannot be opened at all leaves ``generation`` None: no evidence either way."""
+    failure is seen in a later one, or while the stream is down, outlived its engine. A break
+    while the engine still answers a ping is a dropped connection, not the engine: it is not
+    counted. A stream that cannot be opened at all leaves ``generation`` None: no evidence
+    either way."""
 
     RECONNECT_S = 0.5
 
@@ -199,19 +201,29 @@ class EngineWatch:
                 # Daemon events are rare: the stream stays silent until the engine goes away.
                 self._stream = self._client.api.events(filters={"type": "daemon"}, decode=True)
                 with self._lock:
-                    self.generation = (self.generation or 0) + 1
+                    if self.generation is None or self.down_since is not None:
+                        self.generation = (self.generation or 0) + 1
                     self.down_since = None
                 self._connected.set()
                 for _ in self._stream:
                     pass
-            except Exception:  # any end of the stream, clean or not, is the engine going away
+            except Exception:  # any end of the stream, clean or not: the ping below tells
                 pass
             if self._closed:
                 return
-            with self._lock:
-                if self.generation is not None and self.down_since is None:
-                    self.down_since = self.last_break = time.time()
+            # An engine that still answers lost a connection (a proxy's idle timeout?), not
+            # its life: that is no evidence.
+            if self.down_since is None and not self._answers():
+                with self._lock:
+                    if self.generation is not None:
+                        self.down_since = self.last_break = time.time()
             time.sleep(self.RECONNECT_S)
+
+    def _answers(self) -> bool:
+        try:
+            return bool(self._client.ping())
+        except Exception:  # unreachable, in whatever way the SDK says it
+            return False
 
 
 class DockerInstance:
