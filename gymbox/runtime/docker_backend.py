@@ -410,11 +410,12 @@ class DockerBackend:
             return ExecPerCallLink(client, container_id, agent_uid=spec.agent_uid,
                                    workdir=WORKSPACE, env=dict(spec.env),
                                    lease_path=LEASE_PATH)
+        # Neither step is retried: a second attempt could start a second supervisor, or leave
+        # an exec this backend does not know as its own (it would read as an outside one).
         exec_id = await control_call(
             lambda: self._supervisor_exec(client, spec, container_id),
-            doing="starting the supervisor", deadline_s=self.control_deadline_s)
+            doing="starting the supervisor", deadline_s=0)
         own_execs.add(exec_id)
-        # Not retried: a second attempt could start a second supervisor.
         if client.api.base_url.startswith("https://"):
             try:
                 link = await asyncio.wait_for(DockerLink.open_tls(client.api, exec_id),
