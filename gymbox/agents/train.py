@@ -68,6 +68,9 @@ WARMUP_FIRST_SEED = 500_000_000
 RUN_CONFIG = "run_config.json"
 """The run's config, saved in every checkpoint so ``gymbox eval --checkpoint`` needs no other."""
 
+REWARD_STATE = "reward_mix"
+"""Key of the reward mix's learnt state (RND, the guard's H₀) in a checkpoint's state."""
+
 
 # ── the parts: policy, reward mix ─────────────────────────────────────────────────────────────
 
@@ -259,7 +262,13 @@ class Run:
             self.log(f"resume: skipped {path.name}: {why}")
         if found.path is None:
             raise ConfigurationError(f"--resume: no complete checkpoint under {self.checkpoints}")
-        self.trainer.load_checkpoint(found.path)
+        state = self.trainer.load_checkpoint(found.path)
+        if REWARD_STATE in state:
+            try:
+                self.mix.load_state_dict(state[REWARD_STATE])
+            except (ValueError, KeyError, RuntimeError) as exc:  # other terms, or other widths
+                raise ConfigurationError(f"--resume from {found.path}: {exc}; resume with the "
+                                         "run's own reward terms") from None
         self.generator.load_weights(self.learner.model)
         self.log(f"resume: from {found.path} (step {self.trainer.steps_done})")
 
@@ -364,7 +373,8 @@ class Run:
         """A checkpoint of the trainer now, with the run's config; returns its directory."""
         path = self.checkpoints / f"step-{self.trainer.steps_done}"
         config = json.dumps(to_mapping(self.config), indent=2)
-        self.trainer.save_checkpoint(path, extra={RUN_CONFIG: config})
+        self.trainer.save_checkpoint(path, extra={RUN_CONFIG: config},
+                                     state={REWARD_STATE: self.mix.state_dict()})
         return path
 
     def summarise(self, *, interrupted: bool) -> RunSummary:
