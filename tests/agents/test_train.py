@@ -207,3 +207,16 @@ def test_resume_restores_what_the_reward_mix_learnt(tmp_path, tiny_model_dir):
                                        "reward": {"terms": {"gold": {}}}})
     with pytest.raises(ConfigurationError, match="reward terms"):
         Run.start(other, Log(io.StringIO()), resume=True)
+
+
+def test_ctrl_c_in_the_rl_loop_stops_after_the_step_in_flight(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    out, took, step_s = interrupt_when(
+        r"step \d+/50:", ["--no-eval", "--model", str(tiny_model_dir), "--run-dir", str(run),
+                          "--steps", "50", "--set", "sampling.max_new_tokens=16"], tmp_path)
+    # bounded by the product: sampling stops within a token, the update in flight finishes
+    assert took < 2 * step_s + 30, (took, step_s)
+    saved = re.search(r"interrupted: checkpoint saved at step (\d+)", out)
+    assert saved is not None and 2 <= int(saved[1]) < 50, out
+    assert (run / f"checkpoints/step-{saved[1]}/trainer.pt").is_file()
+    assert "after: accuracy" not in out
