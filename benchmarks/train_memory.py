@@ -1,10 +1,14 @@
 """Peak RSS of a training run, per step, next to what the model itself needs.
 
-Runs a config (default: the README's main job, ``configs/quickstart.toml``) in this process
-and prints, for every step, the process's RSS after the step and its peak so far, next to the
-bytes the model's own state takes: parameters + gradients + AdamW's two moments (fp32), plus a
-sampler's copy of the weights when ``loop.max_staleness > 0``. Flat per-step RSS means no
-growth per step; the target is a peak of at most 4 GiB for the 135M model.
+Runs a config (default: the README's main job, ``configs/quickstart.toml``) in this process,
+as ``gymbox train`` does, and prints, for every step, the process's RSS after the step and its
+peak so far, next to the bytes the model's own state takes: parameters + gradients + AdamW's
+two moments (fp32), plus a sampler's copy of the weights when ``loop.max_staleness > 0``. Flat
+per-step RSS means no growth per step; the target is a peak of at most 4 GiB for the 135M model.
+
+The RSS is the training process's own: the learner, the policy, the env loop. Sandboxes are
+Docker containers, outside it; an env's host tools run in worker processes (about 150 MB
+each), reported on their own line, not added (PythonCalc's tool runs in the sandbox).
 
     python benchmarks/train_memory.py                      # the main job, 135M model
     python benchmarks/train_memory.py --set loop.steps=3   # any override
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import sys
 import tempfile
 import time
@@ -32,6 +38,8 @@ def main() -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--no-arena-limit", action="store_true",
                         help="leave glibc's malloc arenas uncapped (the behaviour before)")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="skip the evaluation before training (as gymbox train --no-eval)")
     args = parser.parse_args()
 
     from gymbox.agents import memory
@@ -45,9 +53,10 @@ def main() -> int:
     config = load_config(TrainConfig, args.config, [*args.set, f"run_dir={json.dumps(run_dir)}"])
     start_rss = memory.rss_bytes()
     started = time.perf_counter()
-    summary = train_module.train(config, evaluate_before=False)
+    summary = train_module.train(config, evaluate_before=not args.no_eval)
     wall = time.perf_counter() - started
     peak = memory.peak_rss_bytes() / GiB  # before the parameter count below loads a model
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 2**20
 
     from gymbox.agents.metrics import read_metrics
 
@@ -71,6 +80,8 @@ def main() -> int:
         print(f"growth per step after the first: {growth * 1024:+.0f} MiB")
     print(f"peak RSS of the whole run: {peak:.2f} GiB (target <= 4 GiB); "
           f"{peak / (model_state / GiB):.2f}x the model's own state")
+    print(f"largest child process that exited (host-tool workers), not counted above: "
+          f"{children:.2f} GiB; load average at the end {os.getloadavg()[0]:.1f}")
     return 0
 
 
