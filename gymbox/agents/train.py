@@ -13,8 +13,9 @@ A run directory holds ``config.json`` (what ran), ``metrics.jsonl`` (one row per
 evaluation rows), ``samples.jsonl`` (one transcript per group per step), ``checkpoints/step-N``
 (atomic, each with the run's config) and, at the end, ``summary.json`` and ``metrics.png``.
 Log lines are plain, one per phase and one per step, so a log file reads as well as a terminal.
-Ctrl-C stops the phase under way within a token's time (generation checks at every token,
-the loop between steps), saves a checkpoint, and returns; a second Ctrl-C stops at once.
+Ctrl-C stops the phase under way within a token's or a micro-batch's time (generation checks
+at every token, an optimiser step before each micro-batch and drops the step, the loop between
+steps), saves a checkpoint, and returns; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ class Run:
             f"{config.policy.backend}) loaded in {time.perf_counter() - started:.1f} s")
         if resume:
             run._resume()
-        learner.interrupt = generator.policy.interrupt = run.stop
+        learner.interrupt = generator.policy.interrupt = trainer.interrupt = run.stop
         return run
 
     def _resume(self) -> None:
@@ -305,6 +306,7 @@ class Run:
         warm = self.config.warmup
         imitator = PolicyTrainer(self.learner.model,
                                  replace(self.config.trainer, learning_rate=warm.learning_rate))
+        imitator.interrupt = self.stop
         started = time.perf_counter()
 
         def on_step(step: int, nll: float) -> None:

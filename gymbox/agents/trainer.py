@@ -17,6 +17,7 @@ A step:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from torch import nn
 
 from gymbox.agents.checkpoints import atomic_directory
 from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs_of
+from gymbox.agents.policy import Interrupted
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +137,10 @@ class PolicyTrainer:
             weight_decay=config.weight_decay,
         )
         self.steps_done = 0
+        self.interrupt: threading.Event | None = None
+        """Set it to make a step under way raise :class:`~gymbox.agents.policy.Interrupted`
+        before its next micro-batch, its gradients dropped and the weights untouched (how
+        Ctrl-C stops a run within a micro-batch's time)."""
 
     def step(self, samples: Sequence[TrainingSample]) -> StepMetrics:
         """Apply one optimiser step on ``samples``; returns what it did."""
@@ -209,6 +215,9 @@ class PolicyTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         size = self.config.micro_batch_size
         for start in range(0, len(samples), size):
+            if self.interrupt is not None and self.interrupt.is_set():
+                self.optimizer.zero_grad(set_to_none=True)
+                raise Interrupted(f"{what} stopped before its update: a stop was requested")
             batch = samples[start : start + size]
             if not any(any(s.loss_mask) for s in batch):
                 # Nothing in it to learn from, and an episode whose sandbox failed before the
