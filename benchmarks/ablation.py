@@ -106,7 +106,7 @@ def _plot(results: dict[str, dict[int, float]], starts: list[float], seeds: list
         values = [by_seed[s] for s in seeds]
         mean, se = _mean_se(values)
         ax.bar(x, mean, width=0.6, yerr=None if math.isnan(se) else se, capsize=6,
-               color=("tab:gray", "tab:blue", "tab:green")[x % 3], alpha=0.7)
+               color=("tab:green", "tab:blue", "tab:gray")[x % 3], alpha=0.7)
         ax.scatter([x] * len(values), values, color="black", zorder=3, s=18,
                    label="one seed" if x == 0 else None)
     if starts:
@@ -140,11 +140,13 @@ def main() -> int:
     base = load_config(TrainConfig, args.config, [*args.set, f"eval.episodes={args.episodes}",
                                                   "eval.every=0"])
     warm, rl = base.warmup.sft_steps, base.loop.steps
+    # The main job runs first: its metrics rows (per-step RSS and peak) are then its own,
+    # measured before any other arm ran in this process.
     arms = {
-        "imitation": (_imitation_only, [f"warmup.sft_steps={warm + rl}"]),
+        "main job": (_rl, []),
         "gold RL": (_rl, ['reward.terms={"gold": {}}', 'reward.mixing="additive"',
                           "reward.labelled_fraction=1.0", "reward.guard.enabled=false"]),
-        "main job": (_rl, []),
+        "imitation": (_imitation_only, [f"warmup.sft_steps={warm + rl}"]),
     }
     results: dict[str, dict[int, float]] = {name: {} for name in arms}
     starts: list[float] = []
