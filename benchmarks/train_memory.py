@@ -12,7 +12,7 @@ each), reported on their own line, not added (PythonCalc's tool runs in the sand
 
     python benchmarks/train_memory.py                      # the main job, 135M model
     python benchmarks/train_memory.py --set loop.steps=3   # any override
-    python benchmarks/train_memory.py --no-arena-limit     # without the fix, for comparison
+    python benchmarks/train_memory.py --no-malloc-tuning   # without the fix, for comparison
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs/quickstart.toml"))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--no-arena-limit", action="store_true",
-                        help="leave glibc's malloc arenas uncapped (the behaviour before)")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="leave glibc's malloc as it is: arenas uncapped, dynamic mmap "
+                             "threshold (the behaviour before)")
     parser.add_argument("--no-eval", action="store_true",
                         help="skip the evaluation before training (as gymbox train --no-eval)")
     args = parser.parse_args()
@@ -47,8 +48,8 @@ def main() -> int:
     from gymbox.agents.run_config import TrainConfig
     from gymbox.config import load_config
 
-    if args.no_arena_limit:
-        train_module.limit_malloc_arenas = lambda arenas=2: False  # type: ignore[assignment]
+    if args.no_malloc_tuning:
+        train_module.tune_malloc = lambda *args, **kwargs: False  # type: ignore[assignment]
     run_dir = tempfile.mkdtemp(prefix="gymbox-memory-")
     config = load_config(TrainConfig, args.config, [*args.set, f"run_dir={json.dumps(run_dir)}"])
     start_rss = memory.rss_bytes()
@@ -66,8 +67,8 @@ def main() -> int:
     params = sum(p.numel() for p in load_learner(config.policy).model.parameters())
     copies = 4 + (1 if config.loop.max_staleness > 0 else 0)  # weights, grads, 2 moments, sampler
     model_state = params * 4 * copies
-    print(f"\nconfig {args.config} {' '.join(args.set)}; arena limit "
-          f"{'off' if args.no_arena_limit else 'on'}; {summary.steps} steps in {wall:.0f} s")
+    print(f"\nconfig {args.config} {' '.join(args.set)}; malloc tuning "
+          f"{'off' if args.no_malloc_tuning else 'on'}; {summary.steps} steps in {wall:.0f} s")
     print(f"model: {params / 1e6:.1f}M parameters; weights + grads + AdamW moments"
           f"{' + sampler copy' if copies == 5 else ''} = {model_state / GiB:.2f} GiB "
           f"(baseline: the process before loading, {start_rss / GiB:.2f} GiB)")

@@ -38,7 +38,7 @@ from gymbox.agents.checkpoints import latest_checkpoint, remove_partial
 from gymbox.agents.evaluate import EvalResult, evaluate
 from gymbox.agents.groups import make_group_policy
 from gymbox.agents.loop import Group, StepReport, SyncedPolicy, run_loop
-from gymbox.agents.memory import limit_malloc_arenas, peak_rss_bytes, release_memory
+from gymbox.agents.memory import peak_rss_bytes, release_memory, tune_malloc
 from gymbox.agents.metrics import MetricsWriter, plot_metrics
 from gymbox.agents.policy import Interrupted, TransformersPolicy
 from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
@@ -450,7 +450,7 @@ def train(config: TrainConfig, *, console: Any = None, evaluate_before: bool = T
           resume: bool = False) -> RunSummary:
     """Run training as configured (see the module docstring); Ctrl-C saves a checkpoint and
     returns a summary with ``interrupted=True``."""
-    limit_malloc_arenas()
+    tune_malloc()
     log = Log(console)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
