@@ -32,6 +32,7 @@ import math
 import os
 import statistics
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -115,8 +116,8 @@ def _plot(results: dict[str, dict[int, float]], starts: list[float], seeds: list
     ax.set_xticks(range(len(results)), list(results))
     ax.set_ylabel("held-out accuracy (greedy)")
     ax.set_ylim(0, 1.05)
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -284,7 +284,7 @@ def _logprobs(model: nn.Module, batch: _Batch, temperature: float) -> torch.Tens
     if targets.numel() == 0:
         return torch.zeros(batch.token_ids.shape)
     logits = model(input_ids=batch.token_ids, attention_mask=batch.attention_mask,
-                   logits_to_keep=targets - 1).logits
+                   logits_to_keep=targets - 1, use_cache=False).logits  # no KV cache to keep
     kept = token_logprobs_of(logits, batch.token_ids[:, targets], temperature=temperature)
     return torch.zeros(batch.token_ids.shape, dtype=kept.dtype).index_copy(1, targets, kept)
 
