@@ -41,10 +41,13 @@ import torch
 
 from benchmarks.experiments.harness import (
     Schedule,
+    add_seed_options,
+    batch_entropy,
     curve,
     fmt_ci,
     run_and_report,
     say,
+    seeds_of,
     train_arm,
 )
 from benchmarks.experiments.tasks import StoredNumber, used_tool
@@ -108,6 +111,7 @@ def step_metrics(report: StepReport) -> dict[str, float]:
         "infra_failed": float(len(flat) - len(valid)),
         "tool_attempt": sum(map(tool_attempted, flat)) / len(flat),
         "correct_tool_use": sum(map(correct_tool_use, flat)) / len(flat),
+        "entropy": batch_entropy(flat),
     }
 
 
@@ -138,7 +142,7 @@ async def experiment(args: argparse.Namespace) -> dict:
         def make_clean() -> StoredNumber:
             return StoredNumber(sandboxes=clean)
 
-        for seed in range(args.seeds):
+        for seed in seeds_of(args):
             # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
             policy = await warmed_up_policy(
                 args.model, make_clean, seed=0, cache_dir=Path(args.cache),
@@ -183,28 +187,36 @@ async def experiment(args: argparse.Namespace) -> dict:
 
 
 def table(results: dict) -> str:
-    """Per arm, over seeds: final held-out accuracy and correct tool use (mean ± 95 % CI),
-    the training tool-call rate of the last steps, failures and what became of them."""
+    """Per arm, over seeds: final held-out accuracy and correct tool use (mean ± 95 % CI), the
+    training tool-call rate and token entropy of the last steps, failures and what became of
+    them (per run: masked, scored 0, recovered; and the faults injected)."""
     lines = ["| faults | arm | held-out accuracy | correct tool use | tool calls (last 3 steps) "
-             "| infra-failed episodes | recovered | faults injected |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| entropy (last 3 steps) | masked | scored 0 | recovered | faults injected |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["rate"], r["mode"]) for r in results["runs"]},
                   key=lambda k: (k[0], MODES.index(k[1])))
+
+    def late(run: dict, key: str) -> float:
+        rows = run["steps"][-3:]
+        return sum(s[key] for s in rows) / len(rows)
+
     for rate, mode in keys:
         runs = [r for r in results["runs"] if (r["rate"], r["mode"]) == (rate, mode)]
         acc = [r["evals"][-1]["accuracy"] for r in runs]
         tool = [r["evals"][-1]["correct_tool_use"] for r in runs]
-        late = [sum(s["tool_attempt"] for s in r["steps"][-3:]) / len(r["steps"][-3:])
-                for r in runs]
         failed = sum(sum(s["infra_failed"] for s in r["steps"]) for r in runs) / len(runs)
         recovered = sum(r["steps"][-1].get("recovered", 0.0) for r in runs) / len(runs)
         injected = sum(r["steps"][-1]["faults_injected"] for r in runs) / len(runs)
-        lines.append(f"| {rate:.0%} | {mode} | {fmt_ci(acc)} | {fmt_ci(tool)} | {fmt_ci(late)} "
-                     f"| {failed:.1f} | {recovered:.1f} | {injected:.1f} |")
+        masked, zeroed = (0.0, failed) if mode == "zero" else (failed, 0.0)
+        lines.append(f"| {rate:.0%} | {mode} | {fmt_ci(acc)} | {fmt_ci(tool)} "
+                     f"| {fmt_ci([late(r, 'tool_attempt') for r in runs])} "
+                     f"| {fmt_ci([late(r, 'entropy') for r in runs])} "
+                     f"| {masked:.1f} | {zeroed:.1f} | {recovered:.1f} | {injected:.1f} |")
     start = [r["evals"][0]["accuracy"] for r in results["runs"]]
     start_tool = [r["evals"][0]["correct_tool_use"] for r in results["runs"]]
-    lines.append(f"\nBefore RL (every arm's start): held-out accuracy {fmt_ci(start)}, "
-                 f"correct tool use {fmt_ci(start_tool)}.")
+    start_calls = [r["evals"][0]["tool_attempt"] for r in results["runs"]]
+    lines.append(f"\nBefore RL (every arm's start, held out): accuracy {fmt_ci(start)}, "
+                 f"correct tool use {fmt_ci(start_tool)}, tool calls {fmt_ci(start_calls)}.")
     return "\n".join(lines)
 
 
@@ -252,8 +264,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    add_seed_options(parser)
+    parser.add_argument("--steps", type=int, default=20, help="RL steps per arm (>= 1)")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.0, 0.1, 0.3])
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
@@ -278,6 +290,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (80 if tiny
                                                                                   else 8)
     args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
     bad = set(args.modes) - set(MODES)
     if bad:
         parser.error(f"--modes: unknown {sorted(bad)}; choose from {', '.join(MODES)}")
@@ -285,7 +299,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return run_and_report("claim A", parse(argv), experiment, table, plot)
+    return run_and_report("claim A", parse(argv), experiment, table, plot,
+                          module="benchmarks.claim_masking", argv=argv)
 
 
 if __name__ == "__main__":

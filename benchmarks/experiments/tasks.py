@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import weakref
 
 import numpy as np
 
@@ -37,6 +38,8 @@ READ_CODE = "print(int(int(open('n.txt').readline()) % DIVISOR == 0))"
 """What the expert runs (``DIVISOR`` is filled in): the same text in every episode."""
 
 _cells = itertools.count()
+_stored: weakref.WeakKeyDictionary[Sandbox, int] = weakref.WeakKeyDictionary()
+"""Episode sandbox → the number its ``n.txt`` holds (set by :meth:`StoredNumber.setup`)."""
 
 
 @tool
@@ -46,10 +49,15 @@ async def python(code: str, *, sandbox: Sandbox) -> ExecResult:
     Args:
         code: Python source.
     """
-    # Each call is tagged so that two episodes running the same code are two requests to the
-    # fault injector (it spares a request it has just struck, to keep faults transient; without
-    # the tag one strike would spare every other episode's identical call for a minute).
-    return await sandbox.run_python(f"# cell {next(_cells)}\n{code}", timeout=CODE_TIMEOUT_S)
+    # The cell writes n.txt before the agent's code runs, so an episode that never calls the
+    # tool never sends the sandbox a request: only the tool touches the flaky infrastructure,
+    # as Claim A supposes. Each call is also tagged, so that two episodes running the same code
+    # are two requests to the fault injector (it spares a request it has just struck, to keep
+    # faults transient; without the tag one strike would spare every identical call for a
+    # minute). Recovery replays the whole cell, the write with it.
+    write = f"open('n.txt', 'w').write('{_stored[sandbox]}\\n')\n" if sandbox in _stored else ""
+    return await sandbox.run_python(f"# cell {next(_cells)}\n{write}{code}",
+                                    timeout=CODE_TIMEOUT_S)
 
 
 class StoredNumber(ToolEnv):
@@ -91,8 +99,8 @@ class StoredNumber(ToolEnv):
         )
 
     async def setup(self, task: Task, sandbox: Sandbox) -> None:
-        # The second line makes each episode's write a request of its own (see ``python``).
-        await sandbox.write_file("n.txt", f"{task.data['n']}\n# episode {next(_cells)}\n")
+        # No request here: the tool's first cell writes the file (see ``python``).
+        _stored[sandbox] = task.data["n"]
 
     async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
         assert task.reference is not None
@@ -116,15 +124,26 @@ def used_tool(messages: list[dict]) -> bool:
 
 
 class Addition(ToolEnv):
-    """What is ``a + b``, for one-digit ``a`` and ``b``? Answered at once, no tool.
+    """What is ``a + b``, for ``a`` and ``b`` in ``0 .. operands - 1``? Answered at once, no tool.
 
     Reward: gold 1.0 for the sum, else 0. The scripted expert answers correctly.
+
+    Args:
+        operands: how many values each operand takes (10: one-digit sums, 100 facts to learn;
+            fewer make a task a tiny policy learns partly in a short warm-up).
+        **kwargs: :class:`ToolEnv`'s.
     """
 
     system_prompt = "Answer as <answer>...</answer>."
 
+    def __init__(self, *, operands: int = 10, **kwargs) -> None:
+        if operands < 2:
+            raise ValueError(f"operands must be >= 2, got {operands}")
+        super().__init__(**kwargs)
+        self.operands = operands
+
     def draw_task(self, rng: np.random.Generator) -> Task:
-        a, b = (int(v) for v in rng.integers(0, 10, size=2))
+        a, b = (int(v) for v in rng.integers(0, self.operands, size=2))
         return Task(prompt=f"What is {a} + {b}?",
                     reference=str(a + b), id=f"addition:{a}+{b}")
 

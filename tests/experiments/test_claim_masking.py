@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from gymbox.agents.rollout import Trajectory
 from gymbox.rewards.advantages import GRPO
 from gymbox.rewards.mix import RewardMix, Term
 from gymbox.rewards.record import RewardRecord
+from gymbox.runtime.docker_backend import DockerBackend
+from gymbox.runtime.faults import FaultInjector, FaultPlan
+from gymbox.runtime.pool import SandboxPool
 
 
 def _trajectory(record: RewardRecord) -> Trajectory:
@@ -47,6 +51,30 @@ def test_the_task_needs_the_tool_and_guessing_gets_partial_credit() -> None:
     assert "n.txt" in env.draw_task(np.random.default_rng(0)).prompt
     assert str(env.draw_task(np.random.default_rng(0)).data["n"]) not in \
         env.draw_task(np.random.default_rng(0)).prompt
+
+
+@pytest.mark.docker
+def test_only_the_tool_touches_the_sandbox() -> None:
+    """Claim A's premise: with every request struck, answering at once still gets graded,
+    while reading n.txt with the tool fails on the infrastructure."""
+    async def episodes() -> tuple[dict, int, dict]:
+        injector = FaultInjector(DockerBackend(),
+                                 FaultPlan.uniform(1.0, kinds=claim_masking.FAULT_KINDS))
+        async with SandboxPool(size=1, backend=injector) as pool:
+            guesser = StoredNumber(sandboxes=pool, recovery=False, tool_share=0.0)
+            await guesser.areset(seed=1)
+            *_, guessed = await guesser.astep(guesser.demonstrate())
+            requests_of_guess = injector.requests
+            await guesser.aclose()
+            reader = StoredNumber(sandboxes=pool, recovery=False, tool_share=1.0)
+            await reader.areset(seed=1)
+            *_, read = await reader.astep(reader.demonstrate())
+            await reader.aclose()
+        return guessed, requests_of_guess, read
+
+    guessed, requests_of_guess, read = asyncio.run(episodes())
+    assert guessed["status"] == "completed" and requests_of_guess == 0
+    assert read["status"] == "infra_failed"
 
 
 def test_arms_run_zero_faults_once() -> None:
