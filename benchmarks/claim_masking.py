@@ -1,8 +1,9 @@
 """Claim A: scoring infrastructure failures as 0 pushes the policy off the tool; masking does not.
 
 The task (:class:`benchmarks.experiments.tasks.StoredNumber`): is the number in the sandbox's
-``n.txt`` divisible by 3? Reading it with the ``python`` tool is always right; answering "0"
-without the tool is right on two tasks in three. The policy starts (after imitating an expert
+``n.txt`` divisible by 3? Testing it with the sandboxed ``check`` tool is always right (and
+is the only request an episode sends its sandbox); answering "0" without the tool is right on
+two tasks in three. The policy starts (after imitating an expert
 that does both) using the tool on about half the tasks, and GRPO decides between the two.
 
 Each arm trains the same warmed-up policy with the same seeds, while the runtime's real
@@ -83,7 +84,7 @@ def tool_attempted(t: Trajectory) -> bool:
 
 
 def correct_tool_use(t: Trajectory) -> bool:
-    """The episode ran the python tool and its answer was right."""
+    """The episode ran the tool and its answer was right."""
     return t.valid and used_tool(t.messages) and t.reward.value >= 1.0
 
 
