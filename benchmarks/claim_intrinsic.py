@@ -42,6 +42,7 @@ from benchmarks.experiments.harness import (
     curve,
     fmt_ci,
     run_and_report,
+    save_partial,
     say,
     seeds_of,
     train_arm,
@@ -173,6 +174,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                                     "labelled_fraction": mix.labelled_fraction,
                                     "steps": steps, "evals": evals,
                                     "wall_s": time.perf_counter() - arm_started})
+            save_partial(args, results, started)
     results["wall_s"] = time.perf_counter() - started
     return results
 

@@ -47,6 +47,7 @@ from benchmarks.experiments.harness import (
     curve,
     fmt_ci,
     run_and_report,
+    save_partial,
     say,
     seeds_of,
     train_arm,
@@ -141,13 +142,14 @@ async def experiment(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     async with SandboxPool(size=args.pool) as clean:
         def make_clean() -> StoredNumber:
-            return StoredNumber(sandboxes=clean)
+            return StoredNumber(sandboxes=clean, tool_share=args.tool_share)
 
         for seed in seeds_of(args):
             # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
             policy = await warmed_up_policy(
                 args.model, make_clean, seed=0, cache_dir=Path(args.cache),
-                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr), name="stored_number",
+                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr),
+                name=f"stored_number-tool{args.tool_share:g}",
                 budget=schedule.budget, log=say)
             start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
             for rate, mode in plan_arms:
@@ -165,7 +167,8 @@ async def experiment(args: argparse.Namespace) -> dict:
                         return StoredNumber(sandboxes=sandboxes, recovery=recover)
 
                     def counters(sandboxes=sandboxes, injector=injector) -> dict[str, float]:
-                        out = {"faults_injected": float(len(injector.log))}
+                        out = {"faults_injected": float(len(injector.log)),
+                               "requests": float(injector.requests)}
                         if isinstance(sandboxes, RecoveringSandboxes):
                             m = sandboxes.metrics.as_dict()
                             out |= {k: m[f"recovery/{k}"]
@@ -183,6 +186,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                 results["runs"].append({"rate": rate, "mode": mode, "seed": seed,
                                         "steps": steps, "evals": evals,
                                         "wall_s": time.perf_counter() - arm_started})
+                save_partial(args, results, started)
     results["wall_s"] = time.perf_counter() - started
     return results
 
@@ -270,6 +274,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.0, 0.1, 0.3])
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--tool-share", type=float, default=0.5,
+                        help="share of the warm-up's expert episodes that call the tool")
     parser.add_argument("--groups-per-step", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)

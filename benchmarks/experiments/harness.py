@@ -191,6 +191,17 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def save_partial(args: Any, results: dict, started: float) -> None:
+    """Write the runs finished so far to ``args.out/results.json`` (marked ``partial``), so that
+    an experiment stopped early (a deadline, Ctrl-C) keeps every arm it finished."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = {**results, "partial": True, "wall_s": time.perf_counter() - started}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(json_safe(partial), indent=1))
+    tmp.replace(out / "results.json")
+
+
 def add_seed_options(parser: argparse.ArgumentParser) -> None:
     """``--seeds``/``--first-seed`` (which seeds run) and ``--jobs`` (how many at once)."""
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
@@ -216,6 +227,7 @@ def _in_parallel(module: str, argv: Sequence[str], args: Any) -> dict:
     while pending or running:
         while pending and len(running) < args.jobs:
             seed = pending.pop(0)
+            (out / f"seed{seed}" / "results.json").unlink(missing_ok=True)  # not a stale run's
             command = [sys.executable, "-m", module, *argv, "--seeds", "1",
                        "--first-seed", str(seed), "--jobs", "1",
                        "--out", str(out / f"seed{seed}"), "--plot", ""]
@@ -226,12 +238,14 @@ def _in_parallel(module: str, argv: Sequence[str], args: Any) -> dict:
                 del running[seed]
                 if process.returncode:
                     failed.append(seed)
-    if failed:
-        raise RuntimeError(f"seeds {failed} failed (their output is above); the other seeds' "
-                           f"results are in {out}/seed*/results.json")
-    parts = [json.loads((out / f"seed{seed}" / "results.json").read_text())
-             for seed in seeds_of(args)]
+    parts = [json.loads(path.read_text()) for seed in seeds_of(args)
+             if (path := out / f"seed{seed}" / "results.json").is_file()]
+    if not parts:
+        raise RuntimeError(f"every seed failed ({failed}); their output is above")
     merged = {**parts[0], "runs": [run for part in parts for run in part["runs"]]}
+    merged["partial"] = bool(failed) or any(part.get("partial") for part in parts)
+    if failed:  # what the failed seeds finished is kept, and said
+        say(f"seeds {failed} failed (their output is above); reporting the arms they finished")
     merged["wall_s"] = time.perf_counter() - started
     merged["jobs"] = args.jobs
     return merged

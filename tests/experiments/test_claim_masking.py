@@ -85,12 +85,14 @@ def test_arms_run_zero_faults_once() -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
-    """Every request struck once: without recovery every episode fails (and is scored 0 in the
-    zero arm); with recovery the struck calls are recovered."""
+    """Every sandbox request struck: without recovery each episode that sent one fails (and is
+    scored 0 in the zero arm); with recovery each struck call is recovered. Whatever the
+    two-step policy does, the counts must agree (a policy that never calls the tool sends no
+    request and loses no episode)."""
     results = claim_masking.main([
         "--seeds", "1", "--steps", "2", "--rates", "1.0", "--modes", "recover,zero",
-        "--groups-per-step", "1", "--group-size", "2", "--eval-every", "2",
-        "--eval-episodes", "4", "--warmup-steps", "2", "--pool", "2",
+        "--groups-per-step", "1", "--group-size", "4", "--eval-every", "2",
+        "--eval-episodes", "4", "--warmup-steps", "2", "--tool-share", "1", "--pool", "2",
         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
         "--plot", str(tmp_path / "a.png"),
     ])
@@ -99,9 +101,12 @@ def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
     for run in runs.values():
         assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
         assert [e["step"] for e in run["evals"]] == [0.0, 2.0]
-        assert run["steps"][-1]["faults_injected"] > 0
-    assert all(s["valid_fraction"] == 0.0 for s in runs["zero"]["steps"])
-    assert runs["recover"]["steps"][-1]["recovered"] > 0
+    zero, recover = runs["zero"]["steps"], runs["recover"]["steps"]
+    assert zero[-1]["faults_injected"] == zero[-1]["requests"]
+    assert sum(s["infra_failed"] for s in zero) == zero[-1]["requests"]  # one request each
+    assert all(s["valid_fraction"] == 1 - s["infra_failed"] / 4 for s in zero)
+    assert sum(s["infra_failed"] for s in recover) == 0
+    assert recover[-1]["recovered"] == recover[-1]["faults_injected"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(saved["runs"]) == 2
     assert "| 100% | zero |" in (tmp_path / "out" / "table.md").read_text()
