@@ -22,10 +22,11 @@ accuracy and the correct-tool-use rate are measured on clean sandboxes (no fault
 greedy policy would either always or never call the tool: the sampled rate is the policy's);
 the training-batch tool-call rate every step.
 
-Usage (the full experiment, about 30 min on a quiet 2-core machine)::
+Usage (the full experiment: 7 arms × 3 seeds; at 10 steps about 45 min on the 2-core machine
+at load 15-25, the 3 seeds in 3 processes; docs/experiments.md has what ran)::
 
-    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --steps 20 \\
-        --plot docs/claim_masking.png --out runs/experiments/claim_masking
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --jobs 3 \\
+        --steps 10 --plot docs/claim_masking.png --out runs/experiments/claim_masking
 
 ``--model embedded`` runs SmolLM2-135M instead of the tiny policy (use it with one rate and
 few steps: it is the confirming configuration).
