@@ -28,7 +28,8 @@ What a :class:`~gymbox.agents.policy.Completion` holds, and where each number co
 
 Weights, versions and the prefix cache: :meth:`VLLMPolicy.load_weights` hands every parameter
 of a transformers model to the worker's in-place ``reload_weights`` (vLLM maps the names, fuses
-q/k/v and gate/up, then redoes its kernel-layout processing), copies them into ``stats_model``
+q/k/v and gate/up, then redoes its kernel-layout processing, which gymbox redoes by hand for a
+tied output layer: see :func:`_repack_tied_output_layer`), copies them into ``stats_model``
 too unless that *is* the source, empties vLLM's prefix cache (its cached KV blocks were computed
 by the old weights and would otherwise be reused for any prompt sharing a prefix — every GRPO
 group does), and sets :attr:`VLLMPolicy.version`.
@@ -262,6 +263,7 @@ class VLLMPolicy:
             # that processing on the new values.
             self.llm.collective_rpc("reload_weights", kwargs={
                 "weights_iterator": iter(weights), "is_checkpoint_format": True})
+            self.llm.collective_rpc(_repack_tied_output_layer)
             if self.stats_model is not source:
                 for target, value in zip(
                     self.stats_model.parameters(), source.parameters(), strict=True
@@ -417,6 +419,29 @@ def vllm_generator(
     )
     policy.load_weights(learner.model, version=0)
     return VLLMSyncedPolicy(policy)
+
+
+def _repack_tied_output_layer(worker: Any) -> bool:
+    """Run in the engine's worker after an in-place reload; True when there was work to do.
+
+    A tied output layer (SmolLM2's: the output projection *is* the embedding matrix) receives
+    no weights of its own, so vLLM's reload leaves its post-load processing alone ("Failed to
+    load weights" in the log). On CPU that processing packs a private copy of the weight for
+    the GEMM kernel, so the engine would go on computing logits with the weights it started
+    with while the embedding moved on. Re-running it packs the new values (on GPU it does
+    nothing: there the layer reads the shared weight directly).
+    """
+    model = worker.get_model()
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if weight is None or not any(
+        module is not head and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.data_ptr() == weight.data_ptr()
+        for module in model.modules()
+    ):
+        return False
+    head.quant_method.process_weights_after_loading(head)
+    return True
 
 
 def _request_seed(seed: int, index: int) -> int:
