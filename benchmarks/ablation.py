@@ -14,6 +14,11 @@ training never draws). The table gives each arm's mean over seeds with its stand
 each RL arm's difference to imitation with the standard error of the difference (seeds paired);
 a difference is "larger than its noise" when it exceeds twice that standard error.
 
+Each arm's run directory (metrics, samples, plot) is kept under ``--out`` (default
+``runs/ablation``), with ``ablation.json`` (every figure), ``ablation.md`` (the table) and
+``ablation.png`` (each arm's accuracy per seed and mean ± s.e., beside the accuracy after the
+W imitation steps that the RL arms start from).
+
     python benchmarks/ablation.py                         # 3 seeds, 32 held-out tasks each
     python benchmarks/ablation.py --seeds 0 1 --episodes 16 --set loop.steps=4
 """
@@ -24,9 +29,10 @@ import argparse
 import asyncio
 import json
 import math
+import os
 import statistics
 import sys
-import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -34,7 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def _imitation_only(config) -> float:
+Outcome = tuple[float, float | None]
+"""An arm's held-out accuracy at the end, and after the first W imitation steps (RL arms)."""
+
+
+def _imitation_only(config) -> Outcome:
     """W + S imitation steps through the run's own warm-up phase; its held-out accuracy."""
     from gymbox.agents.supply import env_supply
     from gymbox.agents.train import Log, Run
@@ -49,15 +59,68 @@ def _imitation_only(config) -> float:
         return run.results["after warm-up"].accuracy
 
     with run.files():
-        return asyncio.run(session())
+        return asyncio.run(session()), None
 
 
-def _rl(config) -> float:
+def _rl(config) -> Outcome:
     from gymbox.agents.train import train
 
     summary = train(config, evaluate_before=False)
-    assert summary.after is not None
-    return summary.after.accuracy
+    assert summary.after is not None and summary.after_warmup is not None
+    return summary.after.accuracy, summary.after_warmup.accuracy
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    se = statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
+    return statistics.fmean(values), se
+
+
+def _pm(mean: float, se: float) -> str:
+    return f"{mean:+.3f}" if math.isnan(se) else f"{mean:+.3f} ± {se:.3f}"
+
+
+def _table(results: dict[str, dict[int, float]], seeds: list[int]) -> list[str]:
+    lines = ["| arm | accuracy (mean ± s.e.) | Δ vs imitation (± s.e.) | verdict |",
+             "|---|---|---|---|"]
+    for name, by_seed in results.items():
+        mean, se = _mean_se([by_seed[s] for s in seeds])
+        delta, verdict = "", ""
+        if name != "imitation":
+            d, d_se = _mean_se([by_seed[s] - results["imitation"][s] for s in seeds])
+            delta = _pm(d, d_se)
+            verdict = ("larger than its noise" if abs(d) > 2 * d_se else
+                       "within noise" if len(seeds) > 1 else "one seed: noise unknown")
+        lines.append(f"| {name} | {_pm(mean, se).lstrip('+')} | {delta} | {verdict} |")
+    return lines
+
+
+def _plot(results: dict[str, dict[int, float]], starts: list[float], seeds: list[int],
+          title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for x, by_seed in enumerate(results.values()):
+        values = [by_seed[s] for s in seeds]
+        mean, se = _mean_se(values)
+        ax.bar(x, mean, width=0.6, yerr=None if math.isnan(se) else se, capsize=6,
+               color=("tab:green", "tab:blue", "tab:gray")[x % 3], alpha=0.7)
+        ax.scatter([x] * len(values), values, color="black", zorder=3, s=18,
+                   label="one seed" if x == 0 else None)
+    if starts:
+        ax.axhline(statistics.fmean(starts), color="tab:red", linestyle="--",
+                   label="after the W imitation steps RL starts from")
+    ax.set_xticks(range(len(results)), list(results))
+    ax.set_ylabel("held-out accuracy (greedy)")
+    ax.set_ylim(0, 1.05)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> int:
@@ -65,6 +128,7 @@ def main() -> int:
     parser.add_argument("--config", default=str(ROOT / "configs/quickstart.toml"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--episodes", type=int, default=32, help="held-out tasks per eval")
+    parser.add_argument("--out", default="runs/ablation", help="where runs and results go")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the main job's config in every arm")
     args = parser.parse_args()
@@ -72,44 +136,51 @@ def main() -> int:
     from gymbox.agents.run_config import TrainConfig
     from gymbox.config import apply_overrides, load_config
 
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     base = load_config(TrainConfig, args.config, [*args.set, f"eval.episodes={args.episodes}",
                                                   "eval.every=0"])
     warm, rl = base.warmup.sft_steps, base.loop.steps
+    # The main job runs first: its metrics rows (per-step RSS and peak) are then its own,
+    # measured before any other arm ran in this process.
     arms = {
-        "imitation": (_imitation_only, [f"warmup.sft_steps={warm + rl}"]),
+        "main job": (_rl, []),
         "gold RL": (_rl, ['reward.terms={"gold": {}}', 'reward.mixing="additive"',
                           "reward.labelled_fraction=1.0", "reward.guard.enabled=false"]),
-        "main job": (_rl, []),
+        "imitation": (_imitation_only, [f"warmup.sft_steps={warm + rl}"]),
     }
     results: dict[str, dict[int, float]] = {name: {} for name in arms}
+    starts: list[float] = []
     started = time.perf_counter()
+    total = len(arms) * len(args.seeds)
     for seed in args.seeds:
         for name, (run, overrides) in arms.items():
-            run_dir = tempfile.mkdtemp(prefix=f"gymbox-ablation-{name.replace(' ', '-')}-")
+            done = sum(len(r) for r in results.values())
+            print(f"[ablation] {done + 1}/{total}: seed {seed}, {name} "
+                  f"({time.perf_counter() - started:.0f} s so far)", flush=True)
+            run_dir = out / f"{name.replace(' ', '-')}-seed{seed}"
             config = apply_overrides(base, [*overrides, f"loop.seed={seed}",
-                                            f"run_dir={json.dumps(run_dir)}"])
+                                            f"run_dir={json.dumps(str(run_dir))}"])
             t0 = time.perf_counter()
-            results[name][seed] = run(config)
+            results[name][seed], start = run(config)
+            if start is not None:
+                starts.append(start)
             print(f"[ablation] seed {seed} {name}: accuracy {results[name][seed]:.3f} "
                   f"({time.perf_counter() - t0:.0f} s)", flush=True)
 
     n = len(args.seeds)
-    print(f"\n{len(arms)} arms × {n} seeds, {args.episodes} held-out tasks each; W = {warm} "
-          f"imitation + S = {rl} RL steps ({warm + rl} steps per arm); "
-          f"{time.perf_counter() - started:.0f} s in all")
-    print(f"{'arm':<10} {'accuracy (mean ± s.e.)':>24} {'Δ vs imitation (± s.e.)':>26}  verdict")
-    for name in arms:
-        values = [results[name][s] for s in args.seeds]
-        mean = statistics.fmean(values)
-        se = statistics.stdev(values) / math.sqrt(n) if n > 1 else float("nan")
-        line = f"{name:<10} {mean:>14.3f} ± {se:<7.3f}"
-        if name != "imitation":
-            diffs = [results[name][s] - results["imitation"][s] for s in args.seeds]
-            d = statistics.fmean(diffs)
-            d_se = statistics.stdev(diffs) / math.sqrt(n) if n > 1 else float("nan")
-            verdict = ("larger than its noise" if abs(d) > 2 * d_se else "within noise")
-            line += f" {d:>+16.3f} ± {d_se:<7.3f}  {verdict}"
-        print(line)
+    title = (f"{len(arms)} arms × {n} seed{'s' * (n > 1)}, {args.episodes} held-out tasks each; "
+             f"W = {warm} imitation + S = {rl} RL steps ({warm + rl} steps per arm)")
+    wall = time.perf_counter() - started
+    table = _table(results, args.seeds)
+    print(f"\n{title}; {wall:.0f} s in all, load average {os.getloadavg()[0]:.1f}")
+    print("\n".join(table))
+    (out / "ablation.md").write_text(f"{title}; {wall:.0f} s in all\n\n" + "\n".join(table) + "\n")
+    (out / "ablation.json").write_text(json.dumps(
+        {"title": title, "seeds": args.seeds, "episodes": args.episodes, "wall_s": wall,
+         "accuracy": results, "start_after_imitation": starts}, indent=2))
+    _plot(results, starts, args.seeds, title, out / "ablation.png")
+    print(f"table: {out / 'ablation.md'}; plot: {out / 'ablation.png'}")
     return 0
 
 

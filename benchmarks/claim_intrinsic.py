@@ -19,10 +19,10 @@ group giving its most common answer) and the training batch's accuracy; every
 ``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
 whose answer is the single most common one (1.0: the policy answers everything the same).
 
-Usage (the full experiment, about 30 min on a quiet 2-core machine)::
+Usage (round 3's setting, not yet run; round 2's 7 arms × 2 seeds × 12 steps took 422 s)::
 
-    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --seeds 3 --steps 40 \\
-        --plot docs/claim_intrinsic.png --out runs/experiments/claim_intrinsic
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --seeds 3 --jobs 3 \\
+        --steps 20 --operands 5 --warmup-steps 50 --lr 5e-4 --plot docs/claim_intrinsic.png
 """
 
 from __future__ import annotations
@@ -37,11 +37,14 @@ import torch
 
 from benchmarks.experiments.harness import (
     Schedule,
+    add_seed_options,
+    batch_entropy,
     curve,
     fmt_ci,
-    masked_mean,
     run_and_report,
+    save_partial,
     say,
+    seeds_of,
     train_arm,
 )
 from benchmarks.experiments.tasks import Addition
@@ -86,11 +89,6 @@ def build_mix(arm: str) -> RewardMix:
         applies=GoldWhereLabelled() if arm.startswith("semi") else Additive(),
         labelled_fraction=fraction,
         guard=EntropyGuard(fraction=0.5) if arm == "guard" else None)
-
-
-def batch_entropy(trajectories: Sequence[Trajectory]) -> float:
-    values = [masked_mean(t.entropy, t.loss_mask) for t in trajectories if t.valid]
-    return sum(values) / len(values) if values else 0.0
 
 
 def scorer(mix: RewardMix):
@@ -149,20 +147,24 @@ async def experiment(args: argparse.Namespace) -> dict:
         f"{schedule.groups_per_step}×{schedule.group_size} episodes/step")
     results: dict = {"model": args.model, "schedule": vars(schedule), "runs": []}
     started = time.perf_counter()
+
+    def make_env() -> Addition:
+        return Addition(operands=args.operands)
+
     # One warm-up for every seed: the seeds vary RL's samples and tasks.
     policy = await warmed_up_policy(
-        args.model, Addition, seed=0, cache_dir=Path(args.cache),
-        warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name="addition",
+        args.model, make_env, seed=0, cache_dir=Path(args.cache),
+        warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name=f"addition{args.operands}",
         budget=schedule.budget, log=say)
     start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
-    for seed in range(args.seeds):
+    for seed in seeds_of(args):
         for arm in args.arms:
             policy.model.load_state_dict(start_state)
             mix = build_mix(arm)
             arm_started = time.perf_counter()
             steps, evals = await train_arm(
-                label=f"B {arm:<14} seed {seed}", policy=policy, make_env=Addition,
-                make_eval_env=Addition, score=scorer(mix),
+                label=f"B {arm:<14} seed {seed}", policy=policy, make_env=make_env,
+                make_eval_env=make_env, score=scorer(mix),
                 step_metrics=step_metrics_for(mix), evaluate=evaluate, schedule=schedule,
                 seed=seed,
                 summary=lambda r: (f"accuracy {r['accuracy']:.2f} entropy {r['entropy']:.3f} "
@@ -172,6 +174,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                                     "labelled_fraction": mix.labelled_fraction,
                                     "steps": steps, "evals": evals,
                                     "wall_s": time.perf_counter() - arm_started})
+            save_partial(args, results, started)
     results["wall_s"] = time.perf_counter() - started
     return results
 
@@ -243,9 +246,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=40)
+    add_seed_options(parser)
+    parser.add_argument("--steps", type=int, default=40, help="RL steps per arm (>= 1)")
     parser.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
+    parser.add_argument("--operands", type=int, default=10,
+                        help="values per operand (10: one-digit a + b)")
     parser.add_argument("--groups-per-step", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)
@@ -266,6 +271,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (40 if tiny
                                                                                   else 0)
     args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
     bad = set(args.arms) - set(ARMS)
     if bad:
         parser.error(f"--arms: unknown {sorted(bad)}; choose from {', '.join(ARMS)}")
@@ -273,7 +280,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return run_and_report("claim B", parse(argv), experiment, table, plot)
+    return run_and_report("claim B", parse(argv), experiment, table, plot,
+                          module="benchmarks.claim_intrinsic", argv=argv)
 
 
 if __name__ == "__main__":

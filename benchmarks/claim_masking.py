@@ -1,8 +1,9 @@
 """Claim A: scoring infrastructure failures as 0 pushes the policy off the tool; masking does not.
 
 The task (:class:`benchmarks.experiments.tasks.StoredNumber`): is the number in the sandbox's
-``n.txt`` divisible by 3? Reading it with the ``python`` tool is always right; answering "0"
-without the tool is right on two tasks in three. The policy starts (after imitating an expert
+``n.txt`` divisible by 3? Testing it with the sandboxed ``check`` tool is always right (and
+is the only request an episode sends its sandbox); answering "0" without the tool is right on
+two tasks in three. The policy starts (after imitating an expert
 that does both) using the tool on about half the tasks, and GRPO decides between the two.
 
 Each arm trains the same warmed-up policy with the same seeds, while the runtime's real
@@ -21,10 +22,11 @@ accuracy and the correct-tool-use rate are measured on clean sandboxes (no fault
 greedy policy would either always or never call the tool: the sampled rate is the policy's);
 the training-batch tool-call rate every step.
 
-Usage (the full experiment, about 30 min on a quiet 2-core machine)::
+Usage (the full experiment: 7 arms × 3 seeds; at 10 steps about 45 min on the 2-core machine
+at load 15-25, the 3 seeds in 3 processes; docs/experiments.md has what ran)::
 
-    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --steps 20 \\
-        --plot docs/claim_masking.png --out runs/experiments/claim_masking
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --jobs 3 \\
+        --steps 10 --plot docs/claim_masking.png --out runs/experiments/claim_masking
 
 ``--model embedded`` runs SmolLM2-135M instead of the tiny policy (use it with one rate and
 few steps: it is the confirming configuration).
@@ -41,10 +43,14 @@ import torch
 
 from benchmarks.experiments.harness import (
     Schedule,
+    add_seed_options,
+    batch_entropy,
     curve,
     fmt_ci,
     run_and_report,
+    save_partial,
     say,
+    seeds_of,
     train_arm,
 )
 from benchmarks.experiments.tasks import StoredNumber, used_tool
@@ -80,7 +86,7 @@ def tool_attempted(t: Trajectory) -> bool:
 
 
 def correct_tool_use(t: Trajectory) -> bool:
-    """The episode ran the python tool and its answer was right."""
+    """The episode ran the tool and its answer was right."""
     return t.valid and used_tool(t.messages) and t.reward.value >= 1.0
 
 
@@ -108,6 +114,7 @@ def step_metrics(report: StepReport) -> dict[str, float]:
         "infra_failed": float(len(flat) - len(valid)),
         "tool_attempt": sum(map(tool_attempted, flat)) / len(flat),
         "correct_tool_use": sum(map(correct_tool_use, flat)) / len(flat),
+        "entropy": batch_entropy(flat),
     }
 
 
@@ -136,13 +143,14 @@ async def experiment(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     async with SandboxPool(size=args.pool) as clean:
         def make_clean() -> StoredNumber:
-            return StoredNumber(sandboxes=clean)
+            return StoredNumber(sandboxes=clean, tool_share=args.tool_share)
 
-        for seed in range(args.seeds):
+        for seed in seeds_of(args):
             # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
             policy = await warmed_up_policy(
                 args.model, make_clean, seed=0, cache_dir=Path(args.cache),
-                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr), name="stored_number",
+                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr),
+                name=f"stored_number-tool{args.tool_share:g}",
                 budget=schedule.budget, log=say)
             start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
             for rate, mode in plan_arms:
@@ -160,7 +168,8 @@ async def experiment(args: argparse.Namespace) -> dict:
                         return StoredNumber(sandboxes=sandboxes, recovery=recover)
 
                     def counters(sandboxes=sandboxes, injector=injector) -> dict[str, float]:
-                        out = {"faults_injected": float(len(injector.log))}
+                        out = {"faults_injected": float(len(injector.log)),
+                               "requests": float(injector.requests)}
                         if isinstance(sandboxes, RecoveringSandboxes):
                             m = sandboxes.metrics.as_dict()
                             out |= {k: m[f"recovery/{k}"]
@@ -178,33 +187,42 @@ async def experiment(args: argparse.Namespace) -> dict:
                 results["runs"].append({"rate": rate, "mode": mode, "seed": seed,
                                         "steps": steps, "evals": evals,
                                         "wall_s": time.perf_counter() - arm_started})
+                save_partial(args, results, started)
     results["wall_s"] = time.perf_counter() - started
     return results
 
 
 def table(results: dict) -> str:
-    """Per arm, over seeds: final held-out accuracy and correct tool use (mean ± 95 % CI),
-    the training tool-call rate of the last steps, failures and what became of them."""
+    """Per arm, over seeds: final held-out accuracy and correct tool use (mean ± 95 % CI), the
+    training tool-call rate and token entropy of the last steps, failures and what became of
+    them (per run: masked, scored 0, recovered; and the faults injected)."""
     lines = ["| faults | arm | held-out accuracy | correct tool use | tool calls (last 3 steps) "
-             "| infra-failed episodes | recovered | faults injected |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| entropy (last 3 steps) | masked | scored 0 | recovered | faults injected |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     keys = sorted({(r["rate"], r["mode"]) for r in results["runs"]},
                   key=lambda k: (k[0], MODES.index(k[1])))
+
+    def late(run: dict, key: str) -> float:
+        rows = run["steps"][-3:]
+        return sum(s[key] for s in rows) / len(rows)
+
     for rate, mode in keys:
         runs = [r for r in results["runs"] if (r["rate"], r["mode"]) == (rate, mode)]
         acc = [r["evals"][-1]["accuracy"] for r in runs]
         tool = [r["evals"][-1]["correct_tool_use"] for r in runs]
-        late = [sum(s["tool_attempt"] for s in r["steps"][-3:]) / len(r["steps"][-3:])
-                for r in runs]
         failed = sum(sum(s["infra_failed"] for s in r["steps"]) for r in runs) / len(runs)
         recovered = sum(r["steps"][-1].get("recovered", 0.0) for r in runs) / len(runs)
         injected = sum(r["steps"][-1]["faults_injected"] for r in runs) / len(runs)
-        lines.append(f"| {rate:.0%} | {mode} | {fmt_ci(acc)} | {fmt_ci(tool)} | {fmt_ci(late)} "
-                     f"| {failed:.1f} | {recovered:.1f} | {injected:.1f} |")
+        masked, zeroed = (0.0, failed) if mode == "zero" else (failed, 0.0)
+        lines.append(f"| {rate:.0%} | {mode} | {fmt_ci(acc)} | {fmt_ci(tool)} "
+                     f"| {fmt_ci([late(r, 'tool_attempt') for r in runs])} "
+                     f"| {fmt_ci([late(r, 'entropy') for r in runs])} "
+                     f"| {masked:.1f} | {zeroed:.1f} | {recovered:.1f} | {injected:.1f} |")
     start = [r["evals"][0]["accuracy"] for r in results["runs"]]
     start_tool = [r["evals"][0]["correct_tool_use"] for r in results["runs"]]
-    lines.append(f"\nBefore RL (every arm's start): held-out accuracy {fmt_ci(start)}, "
-                 f"correct tool use {fmt_ci(start_tool)}.")
+    start_calls = [r["evals"][0]["tool_attempt"] for r in results["runs"]]
+    lines.append(f"\nBefore RL (every arm's start, held out): accuracy {fmt_ci(start)}, "
+                 f"correct tool use {fmt_ci(start_tool)}, tool calls {fmt_ci(start_calls)}.")
     return "\n".join(lines)
 
 
@@ -252,11 +270,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20)
+    add_seed_options(parser)
+    parser.add_argument("--steps", type=int, default=20, help="RL steps per arm (>= 1)")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.0, 0.1, 0.3])
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--tool-share", type=float, default=0.5,
+                        help="share of the warm-up's expert episodes that call the tool")
     parser.add_argument("--groups-per-step", type=int, default=2)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)
@@ -278,6 +298,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (80 if tiny
                                                                                   else 8)
     args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
+    if args.steps < 1:
+        parser.error("--steps must be >= 1")
     bad = set(args.modes) - set(MODES)
     if bad:
         parser.error(f"--modes: unknown {sorted(bad)}; choose from {', '.join(MODES)}")
@@ -285,7 +307,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    return run_and_report("claim A", parse(argv), experiment, table, plot)
+    return run_and_report("claim A", parse(argv), experiment, table, plot,
+                          module="benchmarks.claim_masking", argv=argv)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ evaluation.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -142,6 +144,12 @@ def masked_mean(values: torch.Tensor, mask: Sequence[int]) -> float:
     return float(values[keep].mean()) if keep.any() else 0.0
 
 
+def batch_entropy(trajectories: Sequence[Trajectory]) -> float:
+    """The mean token entropy of the valid episodes' model tokens (0 when none is valid)."""
+    values = [masked_mean(t.entropy, t.loss_mask) for t in trajectories if t.valid]
+    return sum(values) / len(values) if values else 0.0
+
+
 def mean_ci(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """The mean and the half-width of its Student-t confidence interval (0 for one value)."""
     from scipy import stats
@@ -183,17 +191,81 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def save_partial(args: Any, results: dict, started: float) -> None:
+    """Write the runs finished so far to ``args.out/results.json`` (marked ``partial``), so that
+    an experiment stopped early (a deadline, Ctrl-C) keeps every arm it finished."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    partial = {**results, "partial": True, "wall_s": time.perf_counter() - started}
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(json_safe(partial), indent=1))
+    tmp.replace(out / "results.json")
+
+
+def add_seed_options(parser: argparse.ArgumentParser) -> None:
+    """``--seeds``/``--first-seed`` (which seeds run) and ``--jobs`` (how many at once)."""
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="seeds run are first-seed ... first-seed + seeds - 1")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="seeds run at once, one process each (the arms of a seed run in "
+                             "order); 2 uses both cores of a 2-core machine")
+
+
+def seeds_of(args: Any) -> range:
+    return range(args.first_seed, args.first_seed + args.seeds)
+
+
+def _in_parallel(module: str, argv: Sequence[str], args: Any) -> dict:
+    """Run each seed of ``args`` as ``python -m module argv --seeds 1 --first-seed k`` in its
+    own process, ``args.jobs`` at a time, and merge their results (runs in seed order)."""
+    out = Path(args.out)
+    started = time.perf_counter()
+    pending = list(seeds_of(args))
+    running: dict[int, subprocess.Popen] = {}
+    failed: list[int] = []
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            seed = pending.pop(0)
+            (out / f"seed{seed}" / "results.json").unlink(missing_ok=True)  # not a stale run's
+            command = [sys.executable, "-m", module, *argv, "--seeds", "1",
+                       "--first-seed", str(seed), "--jobs", "1",
+                       "--out", str(out / f"seed{seed}"), "--plot", ""]
+            running[seed] = subprocess.Popen(command)
+        time.sleep(1.0)
+        for seed, process in list(running.items()):
+            if process.poll() is not None:
+                del running[seed]
+                if process.returncode:
+                    failed.append(seed)
+    parts = [json.loads(path.read_text()) for seed in seeds_of(args)
+             if (path := out / f"seed{seed}" / "results.json").is_file()]
+    if not parts:
+        raise RuntimeError(f"every seed failed ({failed}); their output is above")
+    merged = {**parts[0], "runs": [run for part in parts for run in part["runs"]]}
+    merged["partial"] = bool(failed) or any(part.get("partial") for part in parts)
+    if failed:  # what the failed seeds finished is kept, and said
+        say(f"seeds {failed} failed (their output is above); reporting the arms they finished")
+    merged["wall_s"] = time.perf_counter() - started
+    merged["jobs"] = args.jobs
+    return merged
+
 
 def run_and_report(claim: str, args: Any, experiment: Callable[[Any], Awaitable[dict]],
-                   table: Callable[[dict], str], plot: Callable[[dict, Path], None]) -> dict:
-    """Run one claim's ``experiment(args)``; write ``results.json`` and ``table.md`` under
-    ``args.out``, print the table, draw ``args.plot`` if given. The caller's torch thread count
-    is restored afterwards: a test or a notebook in the same process keeps its own."""
-    threads = torch.get_num_threads()
-    try:
-        results = asyncio.run(experiment(args))
-    finally:
-        torch.set_num_threads(threads)
+                   table: Callable[[dict], str], plot: Callable[[dict, Path], None], *,
+                   module: str, argv: Sequence[str] | None) -> dict:
+    """Run one claim's ``experiment(args)`` (its seeds split over ``args.jobs`` processes of
+    ``module`` when above 1); write ``results.json`` and ``table.md`` under ``args.out``, print
+    the table, draw ``args.plot`` if given. The caller's torch thread count is restored
+    afterwards: a test or a notebook in the same process keeps its own."""
+    if args.jobs > 1:
+        results = _in_parallel(module, sys.argv[1:] if argv is None else argv, args)
+    else:
+        threads = torch.get_num_threads()
+        try:
+            results = asyncio.run(experiment(args))
+        finally:
+            torch.set_num_threads(threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(json_safe(results), indent=1))

@@ -1,8 +1,8 @@
 """The two task families of the experiments, as ordinary gymbox envs with scripted experts.
 
 :class:`StoredNumber` (Claim A) needs the sandbox for the right answer and offers a way around
-it: the number to test lives only in a file of the episode's sandbox, so reading it with the
-``python`` tool gets every task right, while answering at once without the tool ("not
+it: the number to test lives only in a file of the episode's sandbox, so testing it with the
+sandboxed ``check`` tool gets every task right, while answering at once without the tool ("not
 divisible", the most common answer) is right on about ``1 - 1/divisor`` of the tasks. A penalty
 on failed sandbox calls therefore has somewhere to push: towards guessing.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import weakref
 
 import numpy as np
 
@@ -33,34 +34,40 @@ from gymbox.runtime.result import ExecResult
 from gymbox.runtime.sandbox import Sandbox
 
 CODE_TIMEOUT_S = 10.0
-READ_CODE = "print(int(int(open('n.txt').readline()) % DIVISOR == 0))"
-"""What the expert runs (``DIVISOR`` is filled in): the same text in every episode."""
+TOOL = "check"
+"""The name of :class:`StoredNumber`'s one tool."""
 
 _cells = itertools.count()
+_stored: weakref.WeakKeyDictionary[Sandbox, tuple[int, int]] = weakref.WeakKeyDictionary()
+"""Episode sandbox → (the number its ``n.txt`` holds, the divisor); set by
+:meth:`StoredNumber.setup`."""
 
 
 @tool
-async def python(code: str, *, sandbox: Sandbox) -> ExecResult:
-    """Run Python code; returns what it printed.
-
-    Args:
-        code: Python source.
-    """
-    # Each call is tagged so that two episodes running the same code are two requests to the
-    # fault injector (it spares a request it has just struck, to keep faults transient; without
-    # the tag one strike would spare every other episode's identical call for a minute).
-    return await sandbox.run_python(f"# cell {next(_cells)}\n{code}", timeout=CODE_TIMEOUT_S)
+async def check(*, sandbox: Sandbox) -> ExecResult:
+    """Test the number in n.txt; prints 1 if it is divisible, else 0."""
+    n, divisor = _stored[sandbox]
+    # One Python cell in the sandbox writes n.txt, then reads and tests it: an episode that
+    # never calls the tool never sends the sandbox a request, so only the tool touches the
+    # flaky infrastructure, as Claim A supposes (recovery replays the whole cell). The call has
+    # no arguments so that a tiny policy can write it reliably at temperature 1. The cell is
+    # tagged so that two episodes' calls are two requests to the fault injector (it spares a
+    # request it has just struck, to keep faults transient; without the tag one strike would
+    # spare every episode's identical call for a minute).
+    code = (f"# cell {next(_cells)}\nopen('n.txt', 'w').write('{n}\\n')\n"
+            f"print(int(int(open('n.txt').read()) % {divisor} == 0))")
+    return await sandbox.run_python(code, timeout=CODE_TIMEOUT_S)
 
 
 class StoredNumber(ToolEnv):
     """Is the number stored in the sandbox's ``n.txt`` divisible by ``divisor``? Answer 1 or 0.
 
-    The prompt does not say the number; only the ``python`` tool can read it. Reward: gold 1.0
-    for the right 0/1, else 0.
+    The prompt does not say the number; only the sandboxed ``check`` tool can read it. Reward:
+    gold 1.0 for the right 0/1, else 0.
 
-    The scripted expert (:meth:`demonstrate`) reads the file with the tool on a ``tool_share``
-    of the tasks and guesses "0" on the rest, so a policy that imitates it does both and RL
-    decides between them.
+    The scripted expert (:meth:`demonstrate`) calls the tool on a ``tool_share`` of the tasks
+    and copies its output into the answer, and guesses "0" on the rest, so a policy that
+    imitates it does both and RL decides between them.
 
     Args:
         divisor: 3 by default: guessing "0" is right on two tasks in three.
@@ -68,8 +75,8 @@ class StoredNumber(ToolEnv):
         **kwargs: :class:`ToolEnv`'s.
     """
 
-    tools = (python,)
-    system_prompt = "Read n.txt with the python tool, or answer at once: <answer>1</answer> or 0."
+    tools = (check,)
+    system_prompt = "Test n.txt with the check tool, or answer at once: <answer>1</answer> or 0."
 
     def __init__(self, *, divisor: int = 3, tool_share: float = 0.5, **kwargs) -> None:
         if divisor < 2:
@@ -91,8 +98,8 @@ class StoredNumber(ToolEnv):
         )
 
     async def setup(self, task: Task, sandbox: Sandbox) -> None:
-        # The second line makes each episode's write a request of its own (see ``python``).
-        await sandbox.write_file("n.txt", f"{task.data['n']}\n# episode {next(_cells)}\n")
+        # No request here: the tool's cell writes the file (see ``check``).
+        _stored[sandbox] = (task.data["n"], self.divisor)
 
     async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
         assert task.reference is not None
@@ -105,26 +112,36 @@ class StoredNumber(ToolEnv):
         ran = [r for r in self.journal if r.ok]
         if ran:
             return f"<answer>{ran[-1].content.strip()}</answer>"
-        code = READ_CODE.replace("DIVISOR", str(self.divisor))
-        call = json.dumps({"name": "python", "arguments": {"code": code}})
+        call = json.dumps({"name": TOOL, "arguments": {}})
         return f"<tool_call>{call}</tool_call>"
 
 
 def used_tool(messages: list[dict]) -> bool:
-    """True when the episode has a result of the ``python`` tool (its call ran)."""
-    return any(m["role"] == "tool" and m.get("name") == "python" for m in messages)
+    """True when the episode has a result of the ``check`` tool (its call ran)."""
+    return any(m["role"] == "tool" and m.get("name") == TOOL for m in messages)
 
 
 class Addition(ToolEnv):
-    """What is ``a + b``, for one-digit ``a`` and ``b``? Answered at once, no tool.
+    """What is ``a + b``, for ``a`` and ``b`` in ``0 .. operands - 1``? Answered at once, no tool.
 
     Reward: gold 1.0 for the sum, else 0. The scripted expert answers correctly.
+
+    Args:
+        operands: how many values each operand takes (10: one-digit sums, 100 facts to learn;
+            fewer make a task a tiny policy learns partly in a short warm-up).
+        **kwargs: :class:`ToolEnv`'s.
     """
 
     system_prompt = "Answer as <answer>...</answer>."
 
+    def __init__(self, *, operands: int = 10, **kwargs) -> None:
+        if operands < 2:
+            raise ValueError(f"operands must be >= 2, got {operands}")
+        super().__init__(**kwargs)
+        self.operands = operands
+
     def draw_task(self, rng: np.random.Generator) -> Task:
-        a, b = (int(v) for v in rng.integers(0, 10, size=2))
+        a, b = (int(v) for v in rng.integers(0, self.operands, size=2))
         return Task(prompt=f"What is {a} + {b}?",
                     reference=str(a + b), id=f"addition:{a}+{b}")
 

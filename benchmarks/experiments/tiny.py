@@ -8,7 +8,9 @@ runs) until it writes the task's turns, so that RL has a policy whose mechanism 
 ``embedded`` policies are the real SmolLM2-135M, warmed up the same way.
 
 Warmed-up weights are cached per (task, model, seed, warm-up) under ``cache_dir``, so the arms
-of one experiment start from the same policy, and reruns skip the warm-up.
+of one experiment start from the same policy, and reruns skip the warm-up. Processes that want
+the same warm-up at once (the seeds of ``--jobs 2``) take turns: one trains, the others wait
+for it and load what it saved.
 
 Example:
     >>> policy = await warmed_up_policy("tiny", make_env, seed=0, cache_dir=Path("runs/cache"),
@@ -17,6 +19,8 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import json
 import time
 from collections.abc import Callable
@@ -72,6 +76,17 @@ async def warmed_up_policy(
     """The ``kind`` policy after ``warmup`` on ``make_env``'s expert, from the cache if there."""
     key = f"{name}-{kind}-seed{seed}-{warmup.steps}x{warmup.episodes}-lr{warmup.lr:g}"
     directory = cache_dir / key
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with open(cache_dir / f"{key}.lock", "w") as lock:  # closing it releases the lock
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        return await _warmed_up(kind, make_env, seed=seed, directory=directory,
+                                warmup=warmup, name=name, budget=budget, log=log)
+
+
+async def _warmed_up(
+    kind: ModelKind, make_env: Callable[[], ToolEnv], *, seed: int, directory: Path,
+    warmup: Warmup, name: str, budget: Budget, log: Callable[[str], None],
+) -> TransformersPolicy:
     if (directory / "warmup.json").is_file():
         log(f"warm-up: cached {directory}")
         return TransformersPolicy.load(directory)

@@ -69,10 +69,31 @@ def token_logprobs(
         ``[B, T]`` where position ``t`` holds ``log p(token_t | tokens_<t)``; position 0 (no
         context) is 0.
     """
-    scaled = logits[:, :-1].float() / temperature
-    picked = scaled.gather(-1, token_ids[:, 1:, None]).squeeze(-1)
-    logp = picked - torch.logsumexp(scaled, dim=-1)
-    return torch.nn.functional.pad(logp, (1, 0))
+    return torch.nn.functional.pad(
+        token_logprobs_of(logits[:, :-1], token_ids[:, 1:], temperature=temperature), (1, 0))
+
+
+def token_logprobs_of(
+    logits: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0
+) -> torch.Tensor:
+    """Log-prob of ``targets`` under ``softmax(logits / temperature)``, position by position.
+
+    Args:
+        logits: ``[B, K, V]``, the logits that predict each target.
+        targets: ``[B, K]`` token ids.
+    Returns:
+        ``[B, K]``.
+
+    Example:
+        >>> logits = torch.log(torch.tensor([[[0.5, 0.25, 0.25]]]))
+        >>> round(float(token_logprobs_of(logits, torch.tensor([[1]])).exp()), 3)
+        0.25
+    """
+    scaled = logits.float()
+    if temperature != 1.0:
+        scaled = scaled / temperature
+    picked = scaled.gather(-1, targets[..., None]).squeeze(-1)
+    return picked - torch.logsumexp(scaled, dim=-1)
 
 
 def policy_loss(

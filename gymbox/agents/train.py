@@ -13,8 +13,9 @@ A run directory holds ``config.json`` (what ran), ``metrics.jsonl`` (one row per
 evaluation rows), ``samples.jsonl`` (one transcript per group per step), ``checkpoints/step-N``
 (atomic, each with the run's config) and, at the end, ``summary.json`` and ``metrics.png``.
 Log lines are plain, one per phase and one per step, so a log file reads as well as a terminal.
-Ctrl-C stops the phase under way within a token's time (generation checks at every token,
-the loop between steps), saves a checkpoint, and returns; a second Ctrl-C stops at once.
+Ctrl-C stops the phase under way within a token's or a micro-batch's time (generation checks
+at every token, an optimiser step before each micro-batch and drops the step, the loop between
+steps), saves a checkpoint, and returns; a second Ctrl-C stops at once.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from gymbox.agents.checkpoints import latest_checkpoint, remove_partial
 from gymbox.agents.evaluate import EvalResult, evaluate
 from gymbox.agents.groups import make_group_policy
 from gymbox.agents.loop import Group, StepReport, SyncedPolicy, run_loop
-from gymbox.agents.memory import limit_malloc_arenas, peak_rss_bytes, release_memory
+from gymbox.agents.memory import peak_rss_bytes, release_memory, tune_malloc
 from gymbox.agents.metrics import MetricsWriter, plot_metrics
 from gymbox.agents.policy import Interrupted, TransformersPolicy
 from gymbox.agents.run_config import PolicyConfig, RewardConfig, TermConfig, TrainConfig
@@ -67,6 +68,9 @@ WARMUP_FIRST_SEED = 500_000_000
 
 RUN_CONFIG = "run_config.json"
 """The run's config, saved in every checkpoint so ``gymbox eval --checkpoint`` needs no other."""
+
+REWARD_STATE = "reward_mix"
+"""Key of the reward mix's learnt state (RND, the guard's H₀) in a checkpoint's state."""
 
 
 # ── the parts: policy, reward mix ─────────────────────────────────────────────────────────────
@@ -248,7 +252,7 @@ class Run:
             f"{config.policy.backend}) loaded in {time.perf_counter() - started:.1f} s")
         if resume:
             run._resume()
-        learner.interrupt = generator.policy.interrupt = run.stop
+        learner.interrupt = generator.policy.interrupt = trainer.interrupt = run.stop
         return run
 
     def _resume(self) -> None:
@@ -259,7 +263,13 @@ class Run:
             self.log(f"resume: skipped {path.name}: {why}")
         if found.path is None:
             raise ConfigurationError(f"--resume: no complete checkpoint under {self.checkpoints}")
-        self.trainer.load_checkpoint(found.path)
+        state = self.trainer.load_checkpoint(found.path)
+        if REWARD_STATE in state:
+            try:
+                self.mix.load_state_dict(state[REWARD_STATE])
+            except (ValueError, KeyError, RuntimeError) as exc:  # other terms, or other widths
+                raise ConfigurationError(f"--resume from {found.path}: {exc}; resume with the "
+                                         "run's own reward terms") from None
         self.generator.load_weights(self.learner.model)
         self.log(f"resume: from {found.path} (step {self.trainer.steps_done})")
 
@@ -296,6 +306,7 @@ class Run:
         warm = self.config.warmup
         imitator = PolicyTrainer(self.learner.model,
                                  replace(self.config.trainer, learning_rate=warm.learning_rate))
+        imitator.interrupt = self.stop
         started = time.perf_counter()
 
         def on_step(step: int, nll: float) -> None:
@@ -364,7 +375,8 @@ class Run:
         """A checkpoint of the trainer now, with the run's config; returns its directory."""
         path = self.checkpoints / f"step-{self.trainer.steps_done}"
         config = json.dumps(to_mapping(self.config), indent=2)
-        self.trainer.save_checkpoint(path, extra={RUN_CONFIG: config})
+        self.trainer.save_checkpoint(path, extra={RUN_CONFIG: config},
+                                     state={REWARD_STATE: self.mix.state_dict()})
         return path
 
     def summarise(self, *, interrupted: bool) -> RunSummary:
@@ -438,7 +450,7 @@ def train(config: TrainConfig, *, console: Any = None, evaluate_before: bool = T
           resume: bool = False) -> RunSummary:
     """Run training as configured (see the module docstring); Ctrl-C saves a checkpoint and
     returns a summary with ``interrupted=True``."""
-    limit_malloc_arenas()
+    tune_malloc()
     log = Log(console)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

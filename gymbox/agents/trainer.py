@@ -17,15 +17,18 @@ A step:
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from gymbox.agents.checkpoints import atomic_directory
-from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs
+from gymbox.agents.loss import ClipRange, imitation_loss, policy_loss, token_logprobs_of
+from gymbox.agents.policy import Interrupted
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +137,10 @@ class PolicyTrainer:
             weight_decay=config.weight_decay,
         )
         self.steps_done = 0
+        self.interrupt: threading.Event | None = None
+        """Set it to make a step under way raise :class:`~gymbox.agents.policy.Interrupted`
+        before its next micro-batch, its gradients dropped and the weights untouched (how
+        Ctrl-C stops a run within a micro-batch's time)."""
 
     def step(self, samples: Sequence[TrainingSample]) -> StepMetrics:
         """Apply one optimiser step on ``samples``; returns what it did."""
@@ -208,6 +215,9 @@ class PolicyTrainer:
         self.optimizer.zero_grad(set_to_none=True)
         size = self.config.micro_batch_size
         for start in range(0, len(samples), size):
+            if self.interrupt is not None and self.interrupt.is_set():
+                self.optimizer.zero_grad(set_to_none=True)
+                raise Interrupted(f"{what} stopped before its update: a stop was requested")
             batch = samples[start : start + size]
             if not any(any(s.loss_mask) for s in batch):
                 # Nothing in it to learn from, and an episode whose sandbox failed before the
@@ -222,11 +232,13 @@ class PolicyTrainer:
         return step_tokens, float(grad_norm)
 
     def save_checkpoint(self, directory: str | Path,
-                        extra: Mapping[str, str] | None = None) -> Path:
+                        extra: Mapping[str, str] | None = None,
+                        state: Mapping[str, Any] | None = None) -> Path:
         """Write model weights, optimiser state and step count to ``directory``, atomically
         (:func:`~gymbox.agents.checkpoints.atomic_directory`: a complete checkpoint or none,
         whatever kills the process). ``extra`` maps file names to text written with them
-        (``gymbox train`` adds the run's config)."""
+        (``gymbox train`` adds the run's config); ``state`` is saved with the weights and
+        returned by :meth:`load_checkpoint` (``gymbox train`` adds the reward mix's state)."""
         directory = Path(directory)
         with atomic_directory(directory) as tmp:
             torch.save(
@@ -235,6 +247,7 @@ class PolicyTrainer:
                     "optimizer": self.optimizer.state_dict(),
                     "steps_done": self.steps_done,
                     "torch_rng": torch.get_rng_state(),
+                    "state": dict(state or {}),
                 },
                 tmp / "trainer.pt",
             )
@@ -245,8 +258,9 @@ class PolicyTrainer:
                 (tmp / name).write_text(text)
         return directory
 
-    def load_checkpoint(self, directory: str | Path) -> None:
-        """Restore what :meth:`save_checkpoint` wrote, so training continues the same curve."""
+    def load_checkpoint(self, directory: str | Path) -> dict[str, Any]:
+        """Restore what :meth:`save_checkpoint` wrote, so training continues the same curve;
+        returns the ``state`` saved with it."""
         path = Path(directory) / "trainer.pt"
         if not path.is_file():
             raise FileNotFoundError(f"no trainer checkpoint at {path}")
@@ -255,11 +269,24 @@ class PolicyTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.steps_done = state["steps_done"]
         torch.set_rng_state(state["torch_rng"])
+        return state.get("state", {})
 
 
 def _logprobs(model: nn.Module, batch: _Batch, temperature: float) -> torch.Tensor:
-    logits = model(input_ids=batch.token_ids, attention_mask=batch.attention_mask).logits
-    return token_logprobs(logits, batch.token_ids, temperature=temperature)
+    """``[B, T]`` log-probs of the tokens at every position where some row's loss mask is 1,
+    0 elsewhere (where the loss multiplies them by 0).
+
+    The model's own head (``logits_to_keep``) runs only on the positions that predict those
+    tokens: an episode is mostly prompt and env observations, and logits over a 49k vocabulary
+    at every position were the largest allocation of a step.
+    """
+    targets = batch.loss_mask.any(dim=0).nonzero().squeeze(-1)
+    if targets.numel() == 0:
+        return torch.zeros(batch.token_ids.shape)
+    logits = model(input_ids=batch.token_ids, attention_mask=batch.attention_mask,
+                   logits_to_keep=targets - 1, use_cache=False).logits  # no KV cache to keep
+    kept = token_logprobs_of(logits, batch.token_ids[:, targets], temperature=temperature)
+    return torch.zeros(batch.token_ids.shape, dtype=kept.dtype).index_copy(1, targets, kept)
 
 
 @dataclass(frozen=True, slots=True)

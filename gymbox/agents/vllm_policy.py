@@ -28,7 +28,8 @@ What a :class:`~gymbox.agents.policy.Completion` holds, and where each number co
 
 Weights, versions and the prefix cache: :meth:`VLLMPolicy.load_weights` hands every parameter
 of a transformers model to the worker's in-place ``reload_weights`` (vLLM maps the names, fuses
-q/k/v and gate/up, then redoes its kernel-layout processing), copies them into ``stats_model``
+q/k/v and gate/up, then redoes its kernel-layout processing, which gymbox redoes by hand for a
+tied output layer: see :func:`_repack_tied_output_layer`), copies them into ``stats_model``
 too unless that *is* the source, empties vLLM's prefix cache (its cached KV blocks were computed
 by the old weights and would otherwise be reused for any prompt sharing a prefix — every GRPO
 group does), and sets :attr:`VLLMPolicy.version`.
@@ -65,6 +66,7 @@ from gymbox.agents.models import resolve_model_dir
 from gymbox.agents.policy import (
     Completion,
     FinishReason,
+    Interrupted,
     SamplingParams,
     TransformersPolicy,
     _eos_token_ids,
@@ -123,6 +125,10 @@ class VLLMPolicy:
         self.stats_model = stats_model.eval()
         self.model_dir = model_dir
         self.version = 0
+        self.interrupt: threading.Event | None = None
+        """Set it to make a ``generate`` under way abort its requests and raise
+        :class:`~gymbox.agents.policy.Interrupted` at the engine's next step (how Ctrl-C stops a
+        run within a token's time, as with TransformersPolicy)."""
         self._tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
@@ -203,15 +209,12 @@ class VLLMPolicy:
         Raises:
             InvalidRequest: an empty batch, an empty prompt, a token id outside the vocabulary,
                 or a prompt too long to leave room for ``max_new_tokens``. Nothing is sampled.
+            Interrupted: :attr:`interrupt` was set; the engine holds none of this call's
+                requests afterwards.
         """
         prompts = self._validated(prompts, sampling.max_new_tokens)
         with self._lock:
-            outputs = self.llm.generate(
-                [{"prompt_token_ids": p} for p in prompts],
-                [self._request_params(sampling, i) for i in range(len(prompts))],
-                use_tqdm=False,
-            )
-            samples = [output.outputs[0] for output in outputs]
+            samples = self._sample(prompts, sampling)
             token_ids = [list(s.token_ids) for s in samples]
             stats = self._stats(prompts, token_ids, sampling.stats_temperature)
         completions = []
@@ -260,6 +263,7 @@ class VLLMPolicy:
             # that processing on the new values.
             self.llm.collective_rpc("reload_weights", kwargs={
                 "weights_iterator": iter(weights), "is_checkpoint_format": True})
+            self.llm.collective_rpc(_repack_tied_output_layer)
             if self.stats_model is not source:
                 for target, value in zip(
                     self.stats_model.parameters(), source.parameters(), strict=True
@@ -268,6 +272,32 @@ class VLLMPolicy:
             if not self.llm.reset_prefix_cache():
                 raise RuntimeError("vLLM refused to reset its prefix cache after a weight update")
             self.version = version
+
+    def _sample(self, prompts: list[list[int]], sampling: SamplingParams) -> list[Any]:
+        """One vLLM sample per prompt, in order. The engine is stepped here rather than through
+        ``LLM.generate`` so that :attr:`interrupt` is seen between engine steps (a token for
+        every running request); on a stop, or any error, this call's requests are aborted so
+        the next call starts from an empty engine."""
+        engine = self.llm.llm_engine
+        ids = self.llm.enqueue(
+            [{"prompt_token_ids": p} for p in prompts],
+            [self._request_params(sampling, i) for i in range(len(prompts))],
+            use_tqdm=False,
+        )
+        finished: dict[str, Any] = {}
+        try:
+            while engine.has_unfinished_requests():
+                if self.interrupt is not None and self.interrupt.is_set():
+                    raise Interrupted("generation stopped: a stop was requested")
+                for output in engine.step():
+                    if output.finished:
+                        finished[output.request_id] = output
+        except BaseException:
+            engine.abort_request(ids, internal=True)
+            raise
+        # Outputs carry the request counter vLLM numbered them with, in the order they were
+        # enqueued (what LLM.generate sorts by too).
+        return [finished[key].outputs[0] for key in sorted(finished, key=int)]
 
     def _request_params(self, sampling: SamplingParams, index: int) -> Any:
         vllm = require_vllm()
@@ -389,6 +419,29 @@ def vllm_generator(
     )
     policy.load_weights(learner.model, version=0)
     return VLLMSyncedPolicy(policy)
+
+
+def _repack_tied_output_layer(worker: Any) -> bool:
+    """Run in the engine's worker after an in-place reload; True when there was work to do.
+
+    A tied output layer (SmolLM2's: the output projection *is* the embedding matrix) receives
+    no weights of its own, so vLLM's reload leaves its post-load processing alone ("Failed to
+    load weights" in the log). On CPU that processing packs a private copy of the weight for
+    the GEMM kernel, so the engine would go on computing logits with the weights it started
+    with while the embedding moved on. Re-running it packs the new values (on GPU it does
+    nothing: there the layer reads the shared weight directly).
+    """
+    model = worker.get_model()
+    head = getattr(model, "lm_head", None)
+    weight = getattr(head, "weight", None)
+    if weight is None or not any(
+        module is not head and isinstance(getattr(module, "weight", None), torch.Tensor)
+        and module.weight.data_ptr() == weight.data_ptr()
+        for module in model.modules()
+    ):
+        return False
+    head.quant_method.process_weights_after_loading(head)
+    return True
 
 
 def _request_seed(seed: int, index: int) -> int:

@@ -35,7 +35,7 @@ import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -314,6 +314,29 @@ class RewardMix:
             records=tuple(self.records(rewards, valid, mixed.weights, labelled)),
             guard_factor=self._guard_factor(mean_entropy), mean_entropy=mean_entropy,
             labelled=labelled[valid], scales=scales[valid])
+
+    def state_dict(self) -> dict[str, Any]:
+        """What the mix learnt while scoring, for a checkpoint: the state of every term that
+        has one (RND's networks and statistics) and the guard's starting entropy H₀. Without
+        it a resumed run would score with a fresh RND and measure the guard from a new H₀."""
+        terms = {name: term.reward.state_dict() for name, term in self.terms.items()
+                 if hasattr(term.reward, "state_dict")}
+        return {"terms": terms, "guard_start": self.guard.start if self.guard else None}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: the state is of a mix with other stateful terms.
+        """
+        mine = {name for name, term in self.terms.items() if hasattr(term.reward, "state_dict")}
+        if set(state["terms"]) != mine:
+            raise ValueError(f"the saved reward state has terms {sorted(state['terms'])}, this "
+                             f"mix's stateful terms are {sorted(mine)}")
+        for name, term_state in state["terms"].items():
+            self.terms[name].reward.load_state_dict(term_state)  # type: ignore[union-attr]
+        if self.guard is not None:
+            self.guard.start = state["guard_start"]
 
     def _guard_factor(self, mean_entropy: float | None) -> float | None:
         if self.guard is None or mean_entropy is None:

@@ -23,6 +23,9 @@ Example:
 
 from __future__ import annotations
 
+import copy
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -64,6 +67,14 @@ class RunningMoments:
     @property
     def std(self) -> Tensor:
         return self.var.sqrt()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The count, mean and variance, for a checkpoint."""
+        return {"count": self.count, "mean": self.mean.clone(), "var": self.var.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        self.count, self.mean, self.var = state["count"], state["mean"], state["var"]
 
 
 def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
@@ -136,3 +147,20 @@ class RNDNovelty:
         loss.backward()
         self.optimizer.step()
         return loss.item()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Both networks, the predictor's optimiser and the running statistics: what a resumed
+        run needs to score the next response as this one would have. A copy, not a view: an
+        optimiser loading a view would share its moments with this one."""
+        return copy.deepcopy({
+            "target": self.target.state_dict(), "predictor": self.predictor.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "inputs": self.inputs.state_dict(),
+            "errors": self.errors.state_dict()})
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (from an RND of the same widths)."""
+        self.target.load_state_dict(state["target"])
+        self.predictor.load_state_dict(state["predictor"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.inputs.load_state_dict(state["inputs"])
+        self.errors.load_state_dict(state["errors"])

@@ -267,6 +267,13 @@ class Novelty:
             self.rnd.update(embeddings[valid])
         return rewards
 
+    def state_dict(self) -> dict[str, Any]:
+        """The RND's learnt state (see :meth:`RNDNovelty.state_dict`), for a checkpoint."""
+        return self.rnd.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rnd.load_state_dict(state)
+
 
 @dataclass(frozen=True)
 class SeedScale:

@@ -172,3 +172,51 @@ def test_ctrl_c_during_an_evaluation_stops_within_a_token(tmp_path, tiny_model_d
     assert took < 30, took
     assert "interrupted: checkpoint saved at step 0" in out
     assert "eval before" not in out, "the evaluation finished before the signal; proved nothing"
+
+
+def test_resume_restores_what_the_reward_mix_learnt(tmp_path, tiny_model_dir):
+    """RND's networks and statistics and the entropy guard's H₀ are in every checkpoint, and a
+    resumed run scores with them, not with a fresh RND and a new H₀."""
+    import io
+
+    import torch
+
+    from gymbox.agents.train import REWARD_STATE, Log, Run
+
+    config = tiny_config(tmp_path, tiny_model_dir, checkpoint_every=1, reward={
+        "mixing": "additive", "terms": {"gold": {}, "rnd": {"weight": 0.1, "options": {"dim": 32}}},
+        "guard": {"enabled": True}})
+    train(config, evaluate_before=False)
+    saved = torch.load(tmp_path / "run/checkpoints/step-2/trainer.pt",
+                       weights_only=False)["state"][REWARD_STATE]
+    assert saved["terms"]["rnd"]["inputs"]["count"] > 0 and saved["guard_start"] is not None
+
+    def rnd_state(run: Run) -> dict:
+        return run.mix.terms["rnd"].reward.state_dict()
+
+    fresh = Run.start(config, Log(io.StringIO()))
+    resumed = Run.start(config, Log(io.StringIO()), resume=True)
+    predictor = saved["terms"]["rnd"]["predictor"]
+    for name, weight in rnd_state(resumed)["predictor"].items():
+        assert torch.equal(weight, predictor[name])
+    assert not all(torch.equal(w, predictor[n]) for n, w in rnd_state(fresh)["predictor"].items())
+    assert rnd_state(resumed)["inputs"]["count"] == saved["terms"]["rnd"]["inputs"]["count"]
+    assert resumed.mix.guard.start == saved["guard_start"] and fresh.mix.guard.start is None
+
+    other = from_mapping(TrainConfig, {**json.loads((tmp_path / "run/config.json").read_text()),
+                                       "reward": {"terms": {"gold": {}}}})
+    with pytest.raises(ConfigurationError, match="reward terms"):
+        Run.start(other, Log(io.StringIO()), resume=True)
+
+
+def test_ctrl_c_in_the_rl_loop_stops_after_the_step_in_flight(tmp_path, tiny_model_dir):
+    run = tmp_path / "run"
+    out, took, step_s = interrupt_when(
+        r"step \d+/50:", ["--no-eval", "--model", str(tiny_model_dir), "--run-dir", str(run),
+                          "--steps", "50", "--set", "sampling.max_new_tokens=16"], tmp_path)
+    # bounded by the product: sampling stops within a token, the update in flight finishes
+    assert took < 2 * step_s + 30, (took, step_s)
+    saved = re.search(r"interrupted: checkpoint saved at step (\d+)", out)
+    assert saved is not None and 2 <= int(saved[1]) < 50, out
+    assert (run / f"checkpoints/step-{saved[1]}/trainer.pt").is_file()
+    assert "after: accuracy" not in out

@@ -165,3 +165,31 @@ def test_gradient_checkpointing_gives_the_same_update(tiny):
     (loss_a, norm_a, weights_a), (loss_b, norm_b, weights_b) = results
     assert loss_a == pytest.approx(loss_b, abs=1e-6) and norm_a == pytest.approx(norm_b, rel=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(weights_a, weights_b, strict=True))
+
+
+def test_a_stop_drops_the_step_under_way_and_leaves_the_weights_alone():
+    import threading
+
+    from gymbox.agents.policy import Interrupted
+
+    model = tiny_model()
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = PolicyTrainer(model, TrainerConfig(learning_rate=1e-2, micro_batch_size=1))
+    trainer.interrupt = threading.Event()
+    gen = torch.Generator().manual_seed(0)
+    group = with_advantages([sample(model, [1, 2], 4, gen) for _ in range(3)], [1.0, 0.0, 0.5])
+    calls = 0
+    forward = model.forward
+
+    def counting_forward(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        trainer.interrupt.set()  # the stop arrives during the first micro-batch
+        return forward(*args, **kwargs)
+
+    model.forward = counting_forward
+    with pytest.raises(Interrupted):
+        trainer.step(group)
+    assert calls == 1 and trainer.steps_done == 0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert all(p.grad is None for p in model.parameters())

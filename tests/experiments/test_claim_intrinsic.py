@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,18 @@ def test_semi_supervised_arms_put_gold_on_the_labelled_share_only() -> None:
 
 @pytest.mark.slow
 def test_two_step_miniature_logs_the_curves(tmp_path: Path) -> None:
+    """Two seeds in two processes (``--jobs 2``), merged into one table and plot."""
     arms = ["gold", "majority_vote", "semi30", "guard"]
     results = claim_intrinsic.main([
-        "--seeds", "1", "--steps", "2", "--arms", ",".join(arms), "--groups-per-step", "2",
+        "--seeds", "2", "--jobs", "2", "--operands", "5", "--steps", "2",
+        "--arms", ",".join(arms), "--groups-per-step", "2",
         "--group-size", "4", "--eval-every", "2", "--eval-episodes", "8",
         "--warmup-steps", "2", "--cache", str(tmp_path / "cache"),
         "--out", str(tmp_path / "out"), "--plot", str(tmp_path / "b.png"),
     ])
-    assert [r["arm"] for r in results["runs"]] == arms
+    assert [(r["seed"], r["arm"]) for r in results["runs"]] == [
+        (seed, arm) for seed in (0, 1) for arm in arms]
+    assert results["jobs"] == 2
     for run in results["runs"]:
         assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
         assert [e["step"] for e in run["evals"]] == [0.0, 2.0]
@@ -44,9 +47,13 @@ def test_two_step_miniature_logs_the_curves(tmp_path: Path) -> None:
     assert all(s["labelled_fraction"] == 1.0 for s in results["runs"][0]["steps"])
     assert all(0 <= s["labelled_fraction"] <= 1 for s in results["runs"][2]["steps"])
     gold = results["runs"][0]["steps"][0]
-    assert math.isnan(gold["intrinsic"]) and gold["intrinsic_weight"] == 0.0
+    # No intrinsic term: NaN, which the processes' JSON results carry as null.
+    assert gold["intrinsic"] is None and gold["intrinsic_weight"] == 0.0
     guard = results["runs"][3]["steps"]
     assert all(0.0 <= s["intrinsic_weight"] <= 1.0 for s in guard)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert len(saved["runs"]) == len(arms)
+    assert len(saved["runs"]) == 2 * len(arms)
+    for seed in (0, 1):  # each process wrote its own seed's results
+        part = json.loads((tmp_path / "out" / f"seed{seed}" / "results.json").read_text())
+        assert {r["seed"] for r in part["runs"]} == {seed}
     assert (tmp_path / "b.png").stat().st_size > 10_000

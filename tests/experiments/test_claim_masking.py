@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -16,6 +17,9 @@ from gymbox.agents.rollout import Trajectory
 from gymbox.rewards.advantages import GRPO
 from gymbox.rewards.mix import RewardMix, Term
 from gymbox.rewards.record import RewardRecord
+from gymbox.runtime.docker_backend import DockerBackend
+from gymbox.runtime.faults import FaultInjector, FaultPlan
+from gymbox.runtime.pool import SandboxPool
 
 
 def _trajectory(record: RewardRecord) -> Trajectory:
@@ -49,6 +53,30 @@ def test_the_task_needs_the_tool_and_guessing_gets_partial_credit() -> None:
         env.draw_task(np.random.default_rng(0)).prompt
 
 
+@pytest.mark.docker
+def test_only_the_tool_touches_the_sandbox() -> None:
+    """Claim A's premise: with every request struck, answering at once still gets graded,
+    while reading n.txt with the tool fails on the infrastructure."""
+    async def episodes() -> tuple[dict, int, dict]:
+        injector = FaultInjector(DockerBackend(),
+                                 FaultPlan.uniform(1.0, kinds=claim_masking.FAULT_KINDS))
+        async with SandboxPool(size=1, backend=injector) as pool:
+            guesser = StoredNumber(sandboxes=pool, recovery=False, tool_share=0.0)
+            await guesser.areset(seed=1)
+            *_, guessed = await guesser.astep(guesser.demonstrate())
+            requests_of_guess = injector.requests
+            await guesser.aclose()
+            reader = StoredNumber(sandboxes=pool, recovery=False, tool_share=1.0)
+            await reader.areset(seed=1)
+            *_, read = await reader.astep(reader.demonstrate())
+            await reader.aclose()
+        return guessed, requests_of_guess, read
+
+    guessed, requests_of_guess, read = asyncio.run(episodes())
+    assert guessed["status"] == "completed" and requests_of_guess == 0
+    assert read["status"] == "infra_failed"
+
+
 def test_arms_run_zero_faults_once() -> None:
     assert claim_masking.arms([0.0, 0.3], claim_masking.MODES) == [
         (0.0, "recover"), (0.3, "recover"), (0.3, "mask"), (0.3, "zero")]
@@ -57,12 +85,14 @@ def test_arms_run_zero_faults_once() -> None:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
-    """Every request struck once: without recovery every episode fails (and is scored 0 in the
-    zero arm); with recovery the struck calls are recovered."""
+    """Every sandbox request struck: without recovery each episode that sent one fails (and is
+    scored 0 in the zero arm); with recovery each struck call is recovered. Whatever the
+    two-step policy does, the counts must agree (a policy that never calls the tool sends no
+    request and loses no episode)."""
     results = claim_masking.main([
         "--seeds", "1", "--steps", "2", "--rates", "1.0", "--modes", "recover,zero",
-        "--groups-per-step", "1", "--group-size", "2", "--eval-every", "2",
-        "--eval-episodes", "4", "--warmup-steps", "2", "--pool", "2",
+        "--groups-per-step", "1", "--group-size", "4", "--eval-every", "2",
+        "--eval-episodes", "4", "--warmup-steps", "2", "--tool-share", "1", "--pool", "2",
         "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
         "--plot", str(tmp_path / "a.png"),
     ])
@@ -71,9 +101,12 @@ def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
     for run in runs.values():
         assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
         assert [e["step"] for e in run["evals"]] == [0.0, 2.0]
-        assert run["steps"][-1]["faults_injected"] > 0
-    assert all(s["valid_fraction"] == 0.0 for s in runs["zero"]["steps"])
-    assert runs["recover"]["steps"][-1]["recovered"] > 0
+    zero, recover = runs["zero"]["steps"], runs["recover"]["steps"]
+    assert zero[-1]["faults_injected"] == zero[-1]["requests"]
+    assert sum(s["infra_failed"] for s in zero) == zero[-1]["requests"]  # one request each
+    assert all(s["valid_fraction"] == 1 - s["infra_failed"] / 4 for s in zero)
+    assert sum(s["infra_failed"] for s in recover) == 0
+    assert recover[-1]["recovered"] == recover[-1]["faults_injected"]
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert len(saved["runs"]) == 2
     assert "| 100% | zero |" in (tmp_path / "out" / "table.md").read_text()

@@ -1,5 +1,7 @@
 """RND novelty bonus and the running moments that normalise it."""
 
+import copy
+
 import pytest
 import torch
 
@@ -52,3 +54,23 @@ def test_embeddings_of_the_wrong_shape_are_refused():
         rnd.reward(torch.zeros(4, 8))
     with pytest.raises(ValueError, match=r"\[N, 16\]"):
         rnd.update(torch.zeros(16))
+
+
+def test_a_restored_rnd_scores_and_learns_as_the_original_would():
+    """What a checkpoint keeps: a resumed run's RND must not start from fresh networks."""
+    original = RNDNovelty(embedding_dim=16, seed=0)
+    for s in range(20):
+        original.reward(embeddings(s))
+        original.update(embeddings(s))
+    restored = RNDNovelty(embedding_dim=16, seed=1)  # other weights, until the state loads
+    novel = embeddings(99, shift=3.0)
+    assert not torch.allclose(restored.reward(novel), copy.deepcopy(original).reward(novel))
+    restored = RNDNovelty(embedding_dim=16, seed=1)
+    restored.load_state_dict(original.state_dict())
+    for s in range(100, 103):  # same bonuses and the same predictor updates from here on
+        batch = embeddings(s, shift=1.0)
+        assert torch.equal(restored.reward(batch), original.reward(batch))
+        assert restored.update(batch) == original.update(batch)
+    assert all(torch.equal(a, b) for a, b in zip(restored.predictor.parameters(),
+                                                 original.predictor.parameters(), strict=True))
+    assert restored.inputs.count == original.inputs.count

@@ -27,7 +27,9 @@ needs_vllm = [
 @pytest.fixture(scope="session")
 def vllm_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama with SmolLM2's tokenizer, like ``tiny_model_dir`` but with a
-    head size of 64: vLLM's CPU attention kernels have no head size 16."""
+    head size of 64 (vLLM's CPU attention kernels have no head size 16) and, as SmolLM2, the
+    output layer tied to the embedding: a weight sync must reach the engine's output layer
+    through the embedding it shares."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     from gymbox.agents.models import resolve_model_dir
@@ -38,7 +40,7 @@ def vllm_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-        bos_token_id=tokenizer.bos_token_id,
+        bos_token_id=tokenizer.bos_token_id, tie_word_embeddings=True,
     )
     directory = tmp_path_factory.mktemp("vllm-tiny-model")
     LlamaForCausalLM(config).save_pretrained(directory)

@@ -3,11 +3,13 @@ errors, and per-row seeds; its numbers agree with the trainer's own recomputatio
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
 from gymbox.agents.loss import token_logprobs
-from gymbox.agents.policy import Policy, SamplingParams
+from gymbox.agents.policy import Interrupted, Policy, SamplingParams
 from gymbox.rewards.tokens import token_stats
 from gymbox.runtime.errors import InvalidRequest
 from tests.vllm.conftest import load_hf, needs_vllm
@@ -118,3 +120,35 @@ def test_bad_prompts_are_refused_with_transformers_policys_errors(vllm_policy):
         vllm_policy.generate(["hello"], sampling)
     with pytest.raises(InvalidRequest, match="exceeds the context"):
         vllm_policy.generate([[1] * 1021], sampling)
+
+
+def test_an_interrupt_stops_generation_at_the_next_engine_step_and_leaves_no_request_behind(
+    vllm_policy, monkeypatch
+):
+    """How Ctrl-C stops a vLLM run within a token's time: the event is checked between engine
+    steps, and the interrupted call's requests are aborted, so the next call is unaffected."""
+    prompts = [chat(vllm_policy, "Tell me a long story.")] * 3
+    sampling = SamplingParams(max_new_tokens=200, temperature=1.0, seed=5)
+    uninterrupted = [c.token_ids for c in vllm_policy.generate(prompts, sampling)]
+
+    engine = vllm_policy.llm.llm_engine
+    real_step, steps = engine.step, []
+    stop = threading.Event()
+
+    def step():  # the real engine step; the stop arrives (as Ctrl-C would) during the 5th
+        steps.append(1)
+        if len(steps) == 5:
+            stop.set()
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", step)
+    vllm_policy.interrupt = stop
+    try:
+        with pytest.raises(Interrupted):
+            vllm_policy.generate(prompts, sampling)
+    finally:
+        vllm_policy.interrupt = None
+    assert len(steps) == 5, "generation went on past the step in which the stop arrived"
+    assert not engine.has_unfinished_requests()
+    monkeypatch.setattr(engine, "step", real_step)
+    assert [c.token_ids for c in vllm_policy.generate(prompts, sampling)] == uninterrupted
