@@ -144,6 +144,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     asyncio.run(server.serve(on_ready=lambda url: console.print(
         f"serving {server.env_id} on {url} (OpenEnv protocol, WebSocket {url}/ws); "
         "Ctrl-C stops")))
+    if server.stopped_by is not None:
+        err_console.print(f"gymbox: stopped by {server.stopped_by.name}; sandboxes removed")
+        return 128 + server.stopped_by  # the shell's convention: 130 for Ctrl-C, as `gymbox train`
     return 0
 
 

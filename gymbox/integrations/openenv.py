@@ -40,9 +40,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Callable, Mapping
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from types import FrameType
 from typing import Any
 
+import uvicorn
 from openenv.core.env_server.interfaces import Environment
 from openenv.core.env_server.types import Action, Observation, State
 from pydantic import Field
@@ -210,11 +214,12 @@ class GymboxServer:
         """``http://host:port`` once the server listens."""
         self._server: Any = None
         self._stop_requested = False
+        self.stopped_by: signal.Signals | None = None
+        """The signal (SIGINT, SIGTERM) that stopped :meth:`serve`; None when :meth:`stop` did."""
 
     async def serve(self, on_ready: Callable[[str], None] | None = None) -> None:
         """Serve until :meth:`stop` (or SIGINT/SIGTERM in the main thread); then close every
         session's env and remove the sandboxes. ``on_ready`` gets the URL once it listens."""
-        import uvicorn
         from openenv.core.env_server.http_server import create_fastapi_app
 
         probe = self._make()
@@ -235,7 +240,7 @@ class GymboxServer:
                 GymboxAction, GymboxObservation, max_concurrent_envs=self.max_sessions)
             config = uvicorn.Config(app, host=self.host, port=self.port, log_level="warning",
                                     ws_max_size=1 << 24)
-            self._server = uvicorn.Server(config)
+            self._server = _QuietSignalServer(config)
             if self._stop_requested:
                 self._server.should_exit = True
             announce = asyncio.create_task(self._announce(on_ready))
@@ -251,6 +256,7 @@ class GymboxServer:
             finally:
                 announce.cancel()
                 self.url = None
+                self.stopped_by = self._server.stopped_by
 
     def stop(self) -> None:
         """Ask the server to stop (thread-safe); :meth:`serve` returns once it has."""
@@ -266,3 +272,33 @@ class GymboxServer:
         if on_ready is not None:
             on_ready(self.url)
 
+
+
+class _QuietSignalServer(uvicorn.Server):
+    """uvicorn's server, except that the signal it shut down on is recorded, not raised again.
+
+    uvicorn raises a captured SIGINT again once it has stopped. Under ``asyncio.run`` that reaches
+    asyncio's own handler, which cancels the main task wherever it then is -- in the middle of
+    removing the sessions' sandboxes -- and whether the process then exits 130 or 0 depends on
+    where the cancellation lands. Recording it lets the cleanup finish and the caller choose the
+    exit status."""
+
+    stopped_by: signal.Signals | None = None
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield  # signals reach only the main thread; stop() is the way in from others
+            return
+        previous = {sig: signal.signal(sig, self.handle_exit)
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = signal.Signals(sig)
+        super().handle_exit(sig, frame)

@@ -111,7 +111,9 @@ def test_a_tool_call_runs_in_the_sandbox_and_a_right_answer_is_scored_over_the_p
 
 
 @pytest.mark.docker
-def test_gymbox_serve_serves_until_interrupted_and_removes_its_sandboxes():
+@pytest.mark.parametrize(("stop_signal", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_gymbox_serve_serves_until_interrupted_and_removes_its_sandboxes(stop_signal, status):
+    # Ctrl-C, or a process manager's SIGTERM: the shell's 128 + signal, as for `gymbox train`.
     # The session-wide leak check fails the run if the server's containers outlive it.
     command = [sys.executable, "-m", "gymbox.cli", "serve", "gymbox/PythonCalc-v0",
                "--port", "0", "--pool-size", "1"]
@@ -124,8 +126,8 @@ def test_gymbox_serve_serves_until_interrupted_and_removes_its_sandboxes():
         with client(url) as env:
             result = env.reset(seed=1)
             assert result.observation["status"] == "running" and not result.done
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=REQUEST_S) == 130  # Ctrl-C, as for `gymbox train`
+        process.send_signal(stop_signal)
+        assert process.wait(timeout=REQUEST_S) == status
     finally:
         if process.poll() is None:
             process.kill()
