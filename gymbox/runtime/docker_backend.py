@@ -197,7 +197,8 @@ class EngineWatch:
 
     def _run(self) -> None:
         while not self._closed:
-            try:
+            # Any end of the stream, clean or not, lands below: the ping there tells which.
+            with contextlib.suppress(Exception):
                 # Daemon events are rare: the stream stays silent until the engine goes away.
                 self._stream = self._client.api.events(filters={"type": "daemon"}, decode=True)
                 with self._lock:
@@ -205,10 +206,8 @@ class EngineWatch:
                         self.generation = (self.generation or 0) + 1
                     self.down_since = None
                 self._connected.set()
-                for _ in self._stream:
-                    pass
-            except Exception:  # any end of the stream, clean or not: the ping below tells
-                pass
+                for _event in self._stream:
+                    continue  # what an event says does not matter, only that the stream ends
             if self._closed:
                 return
             # An engine that still answers lost a connection (a proxy's idle timeout?), not
