@@ -40,15 +40,21 @@ def cluster_answers(
 
     Clusters are numbered in order of first appearance. Each answer joins the first cluster whose
     first member it is equivalent to, so a non-transitive equivalence still gives one answer.
+    An answer the equivalence does not match to itself (``"..."`` under a numeric match) is
+    unparseable too: it could never agree with anything, so it must not become a cluster, and
+    with it a pseudo-label that a policy is paid to repeat.
 
     Example:
         >>> cluster_answers(["a", "b", None, "A"])
         [0, 1, None, 0]
+        >>> from gymbox.rewards.gold import NumericMatch
+        >>> cluster_answers(["...", "42", "42.0", "..."], NumericMatch().equivalent)
+        [None, 0, 0, None]
     """
     representatives: list[str] = []
     clusters: list[int | None] = []
     for answer in answers:
-        if answer is None:
+        if answer is None or not equivalent(answer, answer):
             clusters.append(None)
             continue
         index = next((k for k, rep in enumerate(representatives) if equivalent(answer, rep)), None)

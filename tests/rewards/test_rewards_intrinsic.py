@@ -7,6 +7,7 @@ import torch
 
 from gymbox.rewards import (
     MathEquivalence,
+    NumericMatch,
     borda_vote,
     cluster_answers,
     majority_vote,
@@ -35,6 +36,20 @@ def test_unparseable_answers_cast_no_vote_and_score_zero():
     assert vote.rewards.tolist() == [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]
     assert vote.soft_rewards.tolist() == pytest.approx([0, 0, 0, 2 / 6, 2 / 6, 1 / 6])
     assert vote.agreement == pytest.approx(2 / 6)
+
+
+def test_an_answer_the_match_cannot_read_casts_no_vote_and_wins_nothing():
+    # The collapse a seed of the main job found: the policy answered the system prompt's
+    # placeholder "<answer>...</answer>". Under a numeric match "..." is equal to nothing, itself
+    # included; as singleton clusters the first one won every group where no two numbers agreed.
+    numeric = NumericMatch().equivalent
+    vote = majority_vote(["...", "42", "...", "7"], numeric)
+    assert vote.label == "42"
+    assert vote.rewards.tolist() == [0.0, 1.0, 0.0, 0.0]
+    vote = majority_vote(["...", "...", "...", "..."], numeric)
+    assert vote.label is None
+    assert vote.rewards.tolist() == [0.0] * 4
+    assert vote.agreement == 0.0
 
 
 def test_a_group_with_no_parseable_answer_has_no_label_and_no_reward():
