@@ -77,9 +77,9 @@ REWARD_STATE = "reward_mix"
 
 def _transformers_generator(config: PolicyConfig, learner: TransformersPolicy,
                             separate_weights: bool) -> SyncedPolicy:
-    if not separate_weights:
-        return SyncedPolicy(learner)
-    return SyncedPolicy(TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer))
+    # Overlapping sampling needs a module of its own, not weights of its own: the learner's
+    # tensors are shared, and the trainer writes them between generate calls (SyncedPolicy).
+    return SyncedPolicy.sharing(learner) if separate_weights else SyncedPolicy(learner)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ class PolicyBackend:
 
     Attributes:
         make: called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
-            sampling overlaps updates (``loop.max_staleness > 0``) and needs its own weights.
+            sampling overlaps updates (``loop.max_staleness > 0``), so the generator must not
+            run the learner's own module: transformers samples through a module of its own
+            over the learner's tensors, vLLM's engine from its own copy.
         require: checks, before any model loads, that what the backend needs is installed.
     """
 
