@@ -230,8 +230,8 @@ class Run:
     began: float = field(default_factory=time.perf_counter)
     warmup_nll: list[float] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-    """Wall time by phase (load, evaluation, warm-up, training without its evaluations); the
-    run's last line reports it."""
+    """Wall time by phase (load, starting and closing the sandbox pool, evaluation, warm-up,
+    training without its evaluations); the run's last line reports it."""
 
     @property
     def run_dir(self) -> Path:
@@ -315,6 +315,8 @@ class Run:
         imitator = PolicyTrainer(self.learner.model,
                                  replace(self.config.trainer, learning_rate=warm.learning_rate))
         imitator.interrupt = self.stop
+        self.log(f"warm-up: {warm.sft_steps} imitation steps, each on {warm.episodes_per_step} "
+                 "demonstrations by the env's scripted expert")
         started = time.perf_counter()
 
         def on_step(step: int, nll: float) -> None:
@@ -449,7 +451,9 @@ class Run:
         """All phases in one env supply; True when they ran to the end."""
         config = self.config
         at_once = max(config.loop.group_size * config.loop.rollout_workers, config.eval.episodes)
+        opened = time.perf_counter()
         async with env_supply(config, episodes_at_once=at_once) as supply:
+            self._count("sandbox pool", time.perf_counter() - opened)
             self.supply = supply
             try:
                 if evaluate_before:
@@ -462,7 +466,11 @@ class Run:
                     await self.evaluate("after", step=self.trainer.steps_done)
             except Interrupted:  # Ctrl-C cut a generation short: stop is set, a checkpoint follows
                 pass
-            return not self.stop.is_set()
+            closing = time.perf_counter()
+        # Closing waits for sandbox starts under way (see SandboxPool.close): counted, as it can
+        # take as long as a start's timeout when the machine is loaded.
+        self._count("sandbox pool", time.perf_counter() - closing)
+        return not self.stop.is_set()
 
 
 def train(config: TrainConfig, *, console: Any = None, evaluate_before: bool = True,
