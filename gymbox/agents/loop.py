@@ -7,7 +7,8 @@
     gate.reserve() → version v, group index g        take groups_per_step groups from the queue
     rollout(generator, group_size envs, seed_g)      drop any older than max_staleness versions
     queue.put(Group(v, g, trajectories))  ───────▶   advantages (masked), trainer.step
-                                                     copy weights → generator, version += 1,
+                                                     new weights → generator (copied, or written
+                                                     in place under its lock), version += 1,
                                                      gate.advance()
 
 A worker may start group ``g`` only while ``g < (version + max_staleness + 1) · groups_per_step``:
@@ -24,6 +25,7 @@ orders each step's groups by index, so a run is reproducible whatever order work
 from __future__ import annotations
 
 import asyncio
+import copy
 import inspect
 import threading
 import time
@@ -146,10 +148,19 @@ class StalenessGate:
 class SyncedPolicy:
     """The policy the workers sample from, and the learner's way to update it between batches.
 
-    It wraps either the trainer's own model (synchronous training: nothing to copy) or a copy
-    of it (asynchronous: sampling goes on while the trainer updates, and new weights are copied
-    in after each step). A lock makes each ``generate`` call see one version of the weights. It
-    also times generation, so the loop can report how long the generator sat idle.
+    It wraps one of three things:
+
+    * the trainer's own model (synchronous training: sampling and updating never overlap);
+    * a :meth:`sharing` view: a module of its own over the trainer's parameter tensors, for
+      asynchronous training without a second copy of the weights. The trainer writes them in
+      place under :attr:`lock` (:attr:`PolicyTrainer.weights_lock`), so an update lands between
+      two ``generate`` calls, never inside one, exactly where :meth:`load_weights` would have
+      copied it in;
+    * a copy of the weights (asynchronous, or another engine's, as vLLM's): new weights are
+      copied in by :meth:`load_weights` after each step.
+
+    The lock makes each ``generate`` call see one version of the weights. It also times
+    generation, so the loop can report how long the generator sat idle.
     """
 
     def __init__(self, policy: TransformersPolicy) -> None:
@@ -157,9 +168,22 @@ class SyncedPolicy:
         self._lock = threading.Lock()
         self.busy_s = 0.0
 
+    @classmethod
+    def sharing(cls, learner: TransformersPolicy) -> SyncedPolicy:
+        """A generator over ``learner``'s parameter tensors (no copy of the weights), through a
+        module of its own: it stays in eval mode while the trainer runs the learner's module in
+        train mode (gradient checkpointing on), and neither flips the other's."""
+        return cls(TransformersPolicy(shared_parameters_view(learner.model), learner.tokenizer))
+
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
         return self.policy.tokenizer
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held for each ``generate`` call and each weight copy; whoever writes shared weights
+        in place holds it too."""
+        return self._lock
 
     def generate(
         self, prompts: Sequence[Sequence[int]], sampling: SamplingParams
@@ -172,7 +196,18 @@ class SyncedPolicy:
                 self.busy_s += time.perf_counter() - start
 
     def shares_weights_with(self, model: torch.nn.Module) -> bool:
-        return self.policy.model is model
+        """Whether the generator samples from ``model``'s parameter tensors themselves."""
+        ours = getattr(self.policy, "model", None)
+        if ours is model:
+            return True
+        if not isinstance(ours, torch.nn.Module):
+            return False
+        theirs = {id(p) for p in model.parameters()}
+        return all(id(p) in theirs for p in ours.parameters())
+
+    def samples_through(self, model: torch.nn.Module) -> bool:
+        """Whether the generator runs ``model`` itself (not a module of its own)."""
+        return getattr(self.policy, "model", None) is model
 
     def load_weights(self, source: torch.nn.Module) -> None:
         if self.shares_weights_with(source):
@@ -182,6 +217,13 @@ class SyncedPolicy:
                 self.policy.model.parameters(), source.parameters(), strict=True
             ):
                 target.copy_(value)
+
+
+def shared_parameters_view(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model``'s modules whose parameters are ``model``'s own tensors (tied ones
+    stay tied): no weight bytes of its own, its own train/eval flags and hooks. Buffers are
+    copied (SmolLM2's are a few KiB of rotary frequencies)."""
+    return copy.deepcopy(model, memo={id(p): p for p in model.parameters()})
 
 
 async def run_loop(
@@ -200,15 +242,21 @@ async def run_loop(
 ) -> int:
     """Run ``config.steps`` optimiser steps; returns the number of steps done.
 
-    ``generator`` samples the episodes. With ``max_staleness > 0`` it must hold a copy of the
-    trainer's weights, as sampling and updating overlap. ``on_step`` may be a coroutine
+    ``generator`` samples the episodes. With ``max_staleness > 0`` sampling and updating
+    overlap, so it must not run the trainer's own module: it holds a copy of the weights, or
+    shares the tensors through a module of its own (:meth:`SyncedPolicy.sharing`); when it
+    shares them, the trainer is given the generator's lock to write them under
+    (:attr:`PolicyTrainer.weights_lock`). ``on_step`` may be a coroutine
     function (evaluations run in it). ``group_failures`` settles a group
     whose members the infrastructure broke (default :class:`~gymbox.agents.groups.Rerun`).
     ``should_stop`` is polled between steps and while the learner waits for groups.
     """
     policy = group_failures if group_failures is not None else Rerun()
-    if config.max_staleness > 0 and generator.shares_weights_with(trainer.model):
-        raise ValueError("max_staleness > 0 needs the generator to sample from a weight copy")
+    if config.max_staleness > 0 and generator.samples_through(trainer.model):
+        raise ValueError("max_staleness > 0 needs the generator to sample from a weight copy "
+                         "or through a module of its own (SyncedPolicy.sharing)")
+    if generator.shares_weights_with(trainer.model):
+        trainer.weights_lock = generator.lock  # updates land between generate calls
     gate = StalenessGate(config.groups_per_step, config.max_staleness, first_step=first_step)
     queue: asyncio.Queue[Group] = asyncio.Queue()
     envs_per_worker = [[make_env() for _ in range(config.group_size)]

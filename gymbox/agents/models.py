@@ -21,12 +21,15 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -36,6 +39,7 @@ from transformers import (
     PreTrainedModel,
     PreTrainedTokenizerBase,
 )
+from transformers.utils import logging as hf_logging
 
 from gymbox.runtime.errors import ConfigurationError
 
@@ -141,17 +145,33 @@ def load_model(source: str | os.PathLike[str] | None = None, *,
     Raises:
         ModelNotFound, InvalidModel: as :func:`resolve_model_dir`.
     """
-    directory = resolve_model_dir(source, cache_dir=cache_dir)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(
-            directory, local_files_only=True, dtype=dtype
-        )
-    except (OSError, ValueError, KeyError) as exc:
-        raise InvalidModel(f"transformers cannot load the model in {directory}: {exc}") from exc
+    with _progress_bars_only_on_a_terminal():
+        directory = resolve_model_dir(source, cache_dir=cache_dir)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(
+                directory, local_files_only=True, dtype=dtype
+            )
+        except (OSError, ValueError, KeyError) as exc:
+            raise InvalidModel(
+                f"transformers cannot load the model in {directory}: {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device).eval(), tokenizer
+
+
+@contextlib.contextmanager
+def _progress_bars_only_on_a_terminal() -> Iterator[None]:
+    """transformers draws a progress bar for every load (and conversion); in a log file that is
+    a line of carriage returns, so it is drawn only when stderr is a terminal."""
+    if sys.stderr.isatty() or not hf_logging.is_progress_bar_enabled():
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.enable_progress_bar()
 
 
 def _converted_dir(gguf: Path, cache_root: Path) -> Path:

@@ -77,9 +77,9 @@ REWARD_STATE = "reward_mix"
 
 def _transformers_generator(config: PolicyConfig, learner: TransformersPolicy,
                             separate_weights: bool) -> SyncedPolicy:
-    if not separate_weights:
-        return SyncedPolicy(learner)
-    return SyncedPolicy(TransformersPolicy(copy.deepcopy(learner.model), learner.tokenizer))
+    # Overlapping sampling needs a module of its own, not weights of its own: the learner's
+    # tensors are shared, and the trainer writes them between generate calls (SyncedPolicy).
+    return SyncedPolicy.sharing(learner) if separate_weights else SyncedPolicy(learner)
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,9 @@ class PolicyBackend:
 
     Attributes:
         make: called ``(config, learner, separate_weights)``; ``separate_weights`` is true when
-            sampling overlaps updates (``loop.max_staleness > 0``) and needs its own weights.
+            sampling overlaps updates (``loop.max_staleness > 0``), so the generator must not
+            run the learner's own module: transformers samples through a module of its own
+            over the learner's tensors, vLLM's engine from its own copy.
         require: checks, before any model loads, that what the backend needs is installed.
     """
 
@@ -225,7 +227,11 @@ class Run:
     metrics: MetricsWriter | None = None
     samples: IO[str] | None = None
     results: dict[str, EvalResult] = field(default_factory=dict)
+    began: float = field(default_factory=time.perf_counter)
     warmup_nll: list[float] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Wall time by phase (load, starting and closing the sandbox pool, evaluation, warm-up,
+    training without its evaluations); the run's last line reports it."""
 
     @property
     def run_dir(self) -> Path:
@@ -247,9 +253,10 @@ class Run:
         trainer = PolicyTrainer(learner.model, config.trainer, ref_model=ref_model)
         run = cls(config, log, learner, generator, trainer,
                   build_reward_mix(config.reward, config.loop.steps))
+        run.began, run.seconds["load"] = started, time.perf_counter() - started
         log(f"model: {config.policy.model or 'embedded SmolLM2-135M-Instruct'} "
             f"({sum(p.numel() for p in learner.model.parameters()) / 1e6:.0f}M parameters, "
-            f"{config.policy.backend}) loaded in {time.perf_counter() - started:.1f} s")
+            f"{config.policy.backend}) loaded in {run.seconds['load']:.1f} s")
         if resume:
             run._resume()
         learner.interrupt = generator.policy.interrupt = trainer.interrupt = run.stop
@@ -290,6 +297,7 @@ class Run:
         result = await evaluate(self.eval_policy, self.supply.make, self.config.eval,
                                 sampling=self.config.run_sampling, budget=self.config.budget)
         took = time.perf_counter() - started
+        self._count("evaluation", took)
         self.results[label] = result
         key = "eval/base" if label == "before" else "eval/accuracy"
         self._write(step, {key: result.accuracy, "eval/valid_fraction": result.valid_fraction,
@@ -307,6 +315,8 @@ class Run:
         imitator = PolicyTrainer(self.learner.model,
                                  replace(self.config.trainer, learning_rate=warm.learning_rate))
         imitator.interrupt = self.stop
+        self.log(f"warm-up: {warm.sft_steps} imitation steps, each on {warm.episodes_per_step} "
+                 "demonstrations by the env's scripted expert")
         started = time.perf_counter()
 
         def on_step(step: int, nll: float) -> None:
@@ -323,6 +333,7 @@ class Run:
         del imitator  # its AdamW state is two copies of the weights
         await asyncio.to_thread(self.generator.load_weights, self.learner.model)
         release_memory()
+        self._count("warm-up", time.perf_counter() - started)
         if self.stop.is_set():
             return
         await self.evaluate("after warm-up", step=self.trainer.steps_done)
@@ -343,14 +354,19 @@ class Run:
             return self.mix.score([g.trajectories for g in groups], step=step,
                                   ids=[g.index for g in groups])
 
-        return await run_loop(
-            generator=self.generator, trainer=self.trainer, make_env=self.supply.make,
-            score=score, config=replace(config.loop, steps=remaining),
-            sampling=config.run_sampling, budget=config.budget, on_step=self._on_step,
-            should_stop=self.stop.is_set, first_step=first,
-            group_failures=make_group_policy(config.group_failures.policy,
-                                             config.group_failures.max_reruns),
-        )
+        started, evaluating = time.perf_counter(), self.seconds.get("evaluation", 0.0)
+        try:
+            return await run_loop(
+                generator=self.generator, trainer=self.trainer, make_env=self.supply.make,
+                score=score, config=replace(config.loop, steps=remaining),
+                sampling=config.run_sampling, budget=config.budget, on_step=self._on_step,
+                should_stop=self.stop.is_set, first_step=first,
+                group_failures=make_group_policy(config.group_failures.policy,
+                                                 config.group_failures.max_reruns),
+            )
+        finally:  # the evaluations between steps are counted as evaluation, not training
+            self._count("training", time.perf_counter() - started
+                        - (self.seconds.get("evaluation", 0.0) - evaluating))
 
     async def _on_step(self, report: StepReport) -> None:
         row = {**step_metrics(report, self.config), **self.supply.metrics()}  # type: ignore[union-attr]
@@ -370,6 +386,9 @@ class Run:
                 and done < self.config.loop.steps:
             await self.evaluate(f"after step {done}", step=done)
         release_memory()
+
+    def _count(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
 
     def save(self) -> Path:
         """A checkpoint of the trainer now, with the run's config; returns its directory."""
@@ -398,6 +417,8 @@ class Run:
             self.log(f"after: accuracy {after.accuracy:.3f}"
                      + (f" ({', '.join(baselines)})" if baselines else ""))
         self.log(f"plot: {plot}")
+        self.log("time: " + ", ".join(f"{phase} {s:.0f} s" for phase, s in self.seconds.items())
+                 + f"; {time.perf_counter() - self.began:.0f} s from the model's load to here")
         return summary
 
     # ── run directory ────────────────────────────────────────────────────────────────────────
@@ -430,7 +451,9 @@ class Run:
         """All phases in one env supply; True when they ran to the end."""
         config = self.config
         at_once = max(config.loop.group_size * config.loop.rollout_workers, config.eval.episodes)
+        opened = time.perf_counter()
         async with env_supply(config, episodes_at_once=at_once) as supply:
+            self._count("sandbox pool", time.perf_counter() - opened)
             self.supply = supply
             try:
                 if evaluate_before:
@@ -443,7 +466,11 @@ class Run:
                     await self.evaluate("after", step=self.trainer.steps_done)
             except Interrupted:  # Ctrl-C cut a generation short: stop is set, a checkpoint follows
                 pass
-            return not self.stop.is_set()
+            closing = time.perf_counter()
+        # Closing waits for sandbox starts under way (see SandboxPool.close): counted, as it can
+        # take as long as a start's timeout when the machine is loaded.
+        self._count("sandbox pool", time.perf_counter() - closing)
+        return not self.stop.is_set()
 
 
 def train(config: TrainConfig, *, console: Any = None, evaluate_before: bool = True,

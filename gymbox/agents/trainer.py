@@ -16,6 +16,7 @@ A step:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -141,6 +142,11 @@ class PolicyTrainer:
         """Set it to make a step under way raise :class:`~gymbox.agents.policy.Interrupted`
         before its next micro-batch, its gradients dropped and the weights untouched (how
         Ctrl-C stops a run within a micro-batch's time)."""
+        self.weights_lock: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
+        """Held while the optimiser writes the weights: a generator that samples from the same
+        tensors (:meth:`~gymbox.agents.loop.SyncedPolicy.sharing`) holds it for each call, so
+        every call sees one version of the weights (:func:`~gymbox.agents.loop.run_loop` sets
+        it)."""
 
     def step(self, samples: Sequence[TrainingSample]) -> StepMetrics:
         """Apply one optimiser step on ``samples``; returns what it did."""
@@ -207,6 +213,7 @@ class PolicyTrainer:
         ``micro_loss(batch, step_tokens)`` is one micro-batch's share of the step's loss (its
         token sums divided by ``step_tokens``, the whole step's mask-1 count). Returns
         ``(step_tokens, grad_norm)``; a step without a mask-1 token leaves the weights alone.
+        The gradients are freed after the update (an optimiser step pre-hook sees them).
         """
         if not samples:
             raise ValueError(f"{what} needs at least one sample")
@@ -228,7 +235,11 @@ class PolicyTrainer:
             self.model.parameters(), self.config.max_grad_norm
         )
         if step_tokens > 0:
-            self.optimizer.step()
+            with self.weights_lock:
+                self.optimizer.step()
+        # The gradients are a copy of the weights' size that nothing reads until the next step
+        # makes new ones: freed now, they are not resident through sampling and evaluation.
+        self.optimizer.zero_grad(set_to_none=True)
         return step_tokens, float(grad_norm)
 
     def save_checkpoint(self, directory: str | Path,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import threading
 from dataclasses import replace
 
 import pytest
@@ -92,10 +93,53 @@ def test_async_groups_are_at_most_max_staleness_old(tiny):
         assert torch.equal(a, b), "the generator did not receive the last weights"
 
 
-def test_max_staleness_needs_a_weight_copy(tiny):
+def test_max_staleness_needs_a_weight_copy_or_a_module_of_its_own(tiny):
     policy = fresh(tiny)
-    with pytest.raises(ValueError, match="weight copy"):
+    with pytest.raises(ValueError, match="weight copy or through a module of its own"):
         run(policy, LoopConfig(steps=1, groups_per_step=1, group_size=1, max_staleness=1))
+
+
+def test_async_training_can_share_the_learners_tensors_instead_of_copying_them(tiny):
+    learner = fresh(tiny)
+    learner.model.gradient_checkpointing_enable()
+    generator = SyncedPolicy.sharing(learner)
+    assert generator.policy.model is not learner.model
+    assert [p.data_ptr() for p in generator.policy.model.parameters()] == \
+        [p.data_ptr() for p in learner.model.parameters()]  # no second copy of the weights
+    config = LoopConfig(steps=4, groups_per_step=1, group_size=2, max_staleness=1,
+                        rollout_workers=2, seed=1)
+    trainer, reports = run(learner, config, generator=generator)
+    lags = [r.step - g.version for r in reports for g in r.groups]
+    assert max(lags) <= 1 and len(reports) == 4
+    assert any(lag == 1 for lag in lags), "sampling never overlapped an update"
+    assert trainer.weights_lock is generator.lock
+    # Sampling in eval mode through its own module leaves the trainer's module as it was.
+    learner.model.train()
+    generator.generate([[1, 2, 3]], SAMPLING)
+    assert learner.model.training and not generator.policy.model.training
+
+
+def test_an_update_of_shared_weights_waits_for_the_generate_call_under_way(tiny):
+    learner = fresh(tiny)
+    generator = SyncedPolicy.sharing(learner)
+    trainer = PolicyTrainer(learner.model, TrainerConfig(learning_rate=1e-2))
+    trainer.weights_lock = generator.lock
+    before = [p.clone() for p in learner.model.parameters()]
+
+    def unchanged() -> bool:
+        return all(torch.equal(a, b)
+                   for a, b in zip(before, learner.model.parameters(), strict=True))
+
+    sample = TrainingSample([1, 5, 7, 9], [0, 1, 1, 1], [0.0, -3.0, -3.0, -3.0], advantage=1.0)
+    with generator.lock:  # a generate call under way
+        stepping = threading.Thread(target=trainer.step, args=([sample],))
+        stepping.start()
+        stepping.join(timeout=5)
+        assert stepping.is_alive(), "the update did not wait for the generate call"
+        assert unchanged()
+    stepping.join(timeout=30)
+    assert not stepping.is_alive() and trainer.steps_done == 1
+    assert not unchanged()
 
 
 class BrokenCalculator(Calculator):

@@ -38,9 +38,19 @@ def sample(model, prompt: list[int], n: int, generator: torch.Generator) -> Trai
     return TrainingSample(ids, mask, logps, advantage=0.0)
 
 
-def gradients(model) -> torch.Tensor:
-    """The (clipped) gradient the last step applied, flattened."""
-    return torch.cat([p.grad.flatten() for p in model.parameters()])
+def step_and_gradients(trainer: PolicyTrainer, batch) -> tuple[object, torch.Tensor]:
+    """One step, and the (clipped) gradient it applied, flattened: read as the optimiser
+    starts its update, since the trainer frees the gradients after it."""
+    seen = []
+    handle = trainer.optimizer.register_step_pre_hook(lambda optimizer, args, kwargs: seen.append(
+        torch.cat([p.grad.flatten() for p in trainer.model.parameters()])))
+    try:
+        metrics = trainer.step(batch)
+    finally:
+        handle.remove()
+    assert all(p.grad is None for p in trainer.model.parameters()), "gradients kept after a step"
+    [applied] = seen
+    return metrics, applied
 
 
 def with_advantages(group: list[TrainingSample], rewards: list[float]) -> list[TrainingSample]:
@@ -83,8 +93,7 @@ def test_an_invalid_trajectory_changes_nothing_in_the_update():
     for batch in (group, [*group[:2], invalid, group[2]]):
         model = copy.deepcopy(base)
         trainer = PolicyTrainer(model, TrainerConfig(learning_rate=1e-2, micro_batch_size=2))
-        metrics = trainer.step(batch)
-        results.append((metrics, gradients(model)))
+        results.append(step_and_gradients(trainer, batch))
     (m1, g1), (m2, g2) = results
     assert m1.tokens == m2.tokens == 15
     assert m1.loss == pytest.approx(m2.loss, abs=1e-6)
@@ -99,8 +108,8 @@ def test_gradient_accumulation_matches_one_big_batch():
     grads = []
     for micro in (1, 4):
         model = copy.deepcopy(base)
-        PolicyTrainer(model, TrainerConfig(learning_rate=1e-2, micro_batch_size=micro)).step(batch)
-        grads.append(gradients(model))
+        trainer = PolicyTrainer(model, TrainerConfig(learning_rate=1e-2, micro_batch_size=micro))
+        grads.append(step_and_gradients(trainer, batch)[1])
     assert torch.allclose(grads[0], grads[1], rtol=1e-4, atol=1e-8)
 
 

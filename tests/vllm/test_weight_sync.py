@@ -113,3 +113,82 @@ def test_the_training_loop_syncs_the_engine_after_every_step(vllm_policy, vllm_t
     # Synchronous training: every step's behaviour log-probs came from the weights the trainer
     # then had, so the importance ratio is 1 at every step (not just the first).
     assert ratios == pytest.approx([1.0, 1.0], abs=1e-3)
+
+
+def test_under_bounded_staleness_every_sample_has_the_log_probs_of_the_weights_it_used(
+    vllm_policy, vllm_tiny_dir
+):
+    """The main job's shape: ``max_staleness = 1`` and two rollout workers sharing the engine,
+    so sampling overlaps the trainer's updates and a group's turns may straddle a sync. For
+    every engine call over several syncs, the behaviour log-probs are the trainer's at the
+    version the call sampled with (not a neighbouring version's), and the entropy from the
+    private statistics copy is too."""
+    from gymbox.agents.vllm_policy import VLLMSyncedPolicy
+
+    learner = load_hf(vllm_tiny_dir)
+    weights = {0: {k: v.clone() for k, v in learner.state_dict().items()}}
+    calls = []  # (version, prompts, completions) of every engine call
+
+    class Recorded(VLLMSyncedPolicy):
+        """Keeps the weights of each version and which version each call sampled with."""
+
+        def load_weights(self, source, version=None):
+            super().load_weights(source, version)
+            weights[self.policy.version] = {
+                k: v.detach().clone() for k, v in source.state_dict().items()}
+
+        def generate(self, prompts, sampling):
+            with self._lock:  # the lock a sync takes: the version cannot move under the call
+                version = self.policy.version
+                completions = self.policy.generate(prompts, sampling)
+            calls.append((version, [list(p) for p in prompts], completions))
+            return completions
+
+    tau = 0.7
+    trainer = PolicyTrainer(learner, TrainerConfig(learning_rate=1e-2, micro_batch_size=4,
+                                                   temperature=tau))
+    staleness = []
+
+    def score(groups, step):
+        staleness.extend(step - g.version for g in groups)
+        flat = [t for g in groups for t in g.trajectories]
+        # Any reward that differs within a group will do: the point is that every step moves
+        # the weights. (The tiny model fills every turn, so a length penalty would tie.)
+        rewards = torch.tensor([float(sum(i for i, m in zip(t.token_ids, t.loss_mask,
+                                                             strict=True) if m) % 97)
+                                for t in flat])
+        ids = torch.tensor([g.index for g in groups for _ in g.trajectories])
+        return GRPO()(rewards, torch.tensor([t.valid for t in flat]), ids)
+
+    asyncio.run(run_loop(
+        generator=Recorded(vllm_policy), trainer=trainer, make_env=Calculator, score=score,
+        config=LoopConfig(steps=3, groups_per_step=2, group_size=2, max_staleness=1,
+                          rollout_workers=2, seed=4),
+        sampling=SamplingParams(max_new_tokens=8, temperature=tau, stop=TURN_STOPS, seed=0),
+        budget=Budget(max_tokens=512, max_turns=2),
+    ))
+    reference = load_hf(vllm_tiny_dir)
+    own_gaps, entropy_gaps, other_gaps, other_entropy_gaps = [], [], [], []
+    for other, state in weights.items():
+        reference.load_state_dict(state)
+        for version, prompts, completions in calls:
+            for prompt, c in zip(prompts, completions, strict=True):
+                logprobs, entropy, _ = recompute(reference, prompt, c.token_ids, tau)
+                gap = (c.logprobs - logprobs).abs().max().item()
+                if other == version:
+                    own_gaps.append(gap)
+                    entropy_gaps.append((c.entropy - entropy).abs().max().item())
+                else:
+                    other_gaps.append(gap)
+                    other_entropy_gaps.append((c.entropy - entropy).abs().max().item())
+    print(f"{len(calls)} engine calls at versions {sorted({v for v, _, _ in calls})}, "
+          f"staleness {sorted(staleness)}: max |log-prob gap| to the version sampled with "
+          f"{max(own_gaps):.2e} (entropy {max(entropy_gaps):.2e}), min to another version "
+          f"{min(other_gaps):.2e} (entropy {min(other_entropy_gaps):.2e})")
+    assert 1 in staleness, "no group was sampled while the trainer updated: nothing tested"
+    assert {version for version, _, _ in calls} >= {0, 1, 2}
+    assert max(own_gaps) < LOGPROB_TOLERANCE
+    assert max(entropy_gaps) < 1e-3  # the statistics copy holds the same version
+    # Neighbouring versions' weights are far apart, so a sample from the wrong version would
+    # fail the log-prob assertion above.
+    assert min(other_gaps) > 10 * LOGPROB_TOLERANCE
