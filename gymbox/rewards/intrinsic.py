@@ -71,7 +71,7 @@ class Vote:
 
     Attributes:
         label: the pseudo-label (first-seen member of the winning cluster), or ``None`` when no
-            answer in the group parsed.
+            two answers in the group agree (or none parsed).
         rewards: ``[G]`` float32, 1.0 where the answer is equivalent to the label, else 0.0.
         soft_rewards: ``[G]`` float32, the share of the group that gave the same answer.
         agreement: the label's share of the group (its majority ratio), 0.0 without a label.
@@ -90,7 +90,10 @@ def majority_vote(answers: Sequence[str | None], equivalent: Equivalence = _exac
 
     TTRL (arXiv 2504.16084): ŷ = argmax_y Σ_i 1[a_i ≡ y] over the parseable answers, and
     r_i = 1[a_i ≡ ŷ]. Unparseable answers cast no vote and score 0; a tie goes to the answer
-    seen first. The soft reward gives each member the vote share of its own answer,
+    seen first. A vote needs agreement: when no two answers agree (in a group of two or more),
+    there is no label and no member is paid. Otherwise the first answer of every such group
+    would be its own "majority", and small groups (TTRL votes over 64 samples; GRPO groups are
+    often 4) would pay one arbitrary answer in each, reinforcing noise. The soft reward gives each member the vote share of its own answer,
     s_i = |{j : a_j ≡ a_i}| / G (the graded counterpart of SRT's majority agreement, arXiv
     2505.21444). ``agreement`` = |{j : a_j ≡ ŷ}| / G, the majority ratio both papers track as
     the pseudo-label's reliability.
@@ -108,6 +111,8 @@ def majority_vote(answers: Sequence[str | None], equivalent: Equivalence = _exac
             counts[cluster] = counts.get(cluster, 0) + 1
     # Clusters are numbered by first appearance, so max() keeps the first-seen one on a tie.
     winner = max(counts, key=lambda k: (counts[k], -k)) if counts else None
+    if winner is not None and counts[winner] < 2 <= size:
+        winner = None
     label = answers[clusters.index(winner)] if winner is not None else None
     rewards = torch.tensor([float(c is not None and c == winner) for c in clusters])
     soft = torch.tensor([counts[c] / size if c is not None else 0.0 for c in clusters])

@@ -57,8 +57,8 @@ def test_votes_compare_numbers_by_value_and_invalid_members_cast_no_vote():
              episode("5", valid=False)]
     assert MajorityVote()(group).tolist() == [1.0, 1.0, 0.0, 0.0, 0.0]
     assert make_term("soft_vote")(group).tolist() == pytest.approx([0.4, 0.4, 0.2, 0, 0])
-    # exact matching splits "4" and "4.0": a tie, won by the first seen
-    assert MajorityVote(match="exact")(group).tolist() == [1.0, 0.0, 0.0, 0.0, 0.0]
+    # exact matching splits "4" and "4.0": no two answers agree, so no one is paid
+    assert MajorityVote(match="exact")(group).tolist() == [0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 def test_token_terms_read_only_the_models_tokens():
@@ -100,7 +100,7 @@ def test_score_composes_terms_and_the_estimator_and_logs_each_term():
     out = mix.score(groups, step=0, ids=[10, 11])
     # the same as the dict API on the same rewards
     gold = torch.tensor([1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
-    vote = torch.tensor([1.0, 1.0, 0.0, 1.0, 0.0, 0.0])
+    vote = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0, 0.0])  # "1" vs "2": nothing agrees
     valid = torch.tensor([True] * 5 + [False])
     expected = mix.advantages({"gold": gold, "majority_vote": vote}, valid,
                               torch.tensor([10, 10, 10, 11, 11, 11]), step=0)
@@ -110,7 +110,7 @@ def test_score_composes_terms_and_the_estimator_and_logs_each_term():
     row = out.metrics()
     assert row["weight/gold"] == 1.0 and row["weight/majority_vote"] == 0.5
     assert row["reward/gold"] == pytest.approx(3 / 5)
-    assert row["reward/majority_vote"] == pytest.approx(3 / 5)
+    assert row["reward/majority_vote"] == pytest.approx(2 / 5)
     assert row["labelled_fraction"] == 1.0
     assert out.records[0].components["majority_vote"].weight == 0.5
     assert not out.records[5].valid
