@@ -188,11 +188,13 @@ async def test_lone_surrogates_are_refused_before_they_are_sent_and_lose_nothing
 # What the agent can do to gymbox's spawner (a command's parent, running as the agent's uid):
 # kill it or stop it from a command, kill it between commands (from the interpreter, which is
 # not its child), and try to take it over. Each costs at most that command's exit status.
-KILL_SPAWNERS = ("import os\n"
+KILL_SPAWNERS = ("import os, time\n"
                  "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
                  "    try:\n"
                  "        if b'gymbox-spawner' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
                  "            os.kill(int(pid), 9); print('killed a spawner')\n"
+                 "            while open(f'/proc/{pid}/stat').read().split()[2] != 'Z':\n"
+                 "                time.sleep(0.01)  # dead before the next command is sent\n"
                  "    except OSError: pass")
 TAKE_OVER = ("python3 -c \"import ctypes, sys; libc = ctypes.CDLL(None)\n"
              "p = int(sys.argv[1]); print(libc.ptrace(16, p, 0, 0))\n"

@@ -168,12 +168,25 @@ async def test_commands_run_as_the_agent_from_a_spawner_the_agent_cannot_take_ov
     ], result.stderr
 
 
+# Signals the spawner, then waits until it is dead or stopped: a command sent while the
+# spawner is still dying would find it alive and lose its status (a kill at that moment is one
+# mid-command).
+SIGNAL_SPAWNER = """
+import os, signal, time
+os.kill({pid}, signal.{sig})
+try:
+    while open("/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "T"):
+        time.sleep(0.01)
+except FileNotFoundError:
+    pass
+"""
+
+
 async def test_a_spawner_killed_or_stopped_between_commands_is_replaced_unnoticed(sandbox):
     # The interpreter is not the spawner's child: its cell acts while no command runs.
     for sig in ("SIGKILL", "SIGSTOP"):
         spawner = int((await sandbox.exec("echo $PPID", timeout=10)).stdout)
-        cell = await sandbox.run_python(f"import os, signal; os.kill({spawner}, signal.{sig})",
-                                        timeout=10)
+        cell = await sandbox.run_python(SIGNAL_SPAWNER.format(pid=spawner, sig=sig), timeout=10)
         assert cell.ok, cell
         after = await sandbox.exec("echo $PPID; echo err >&2; exit 3", timeout=10)
         assert after.exit_code == 3 and after.stderr == "err\n", after
