@@ -128,7 +128,7 @@ while True:
 # Requests and answers are SOCK_SEQPACKET messages (one send each, so one death cannot leave
 # half a message). argv[2] is the socket's fd, argv[3] the JSON config; argv[1] names it in ps.
 SPAWNER_SOURCE = r"""
-import json, os, selectors, signal, socket, subprocess, sys
+import json, os, select, selectors, signal, socket, subprocess, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 sock = socket.socket(fileno=int(sys.argv[2]))
 config = json.loads(sys.argv[3])
@@ -146,6 +146,26 @@ children = {}
 def send(message, fds=()):
     socket.send_fds(sock, [json.dumps(message).encode()], fds)
 
+def start(request, fds):
+    n = request["n"]
+    try:
+        proc = subprocess.Popen(
+            request["argv"], cwd=request["cwd"], env=request["env"], stdin=fds[0],
+            stdout=fds[1], stderr=fds[2], start_new_session=True)
+    except OSError as exc:
+        send({"n": n, "errno": exc.errno, "strerror": exc.strerror,
+              "filename": exc.filename if isinstance(exc.filename, str) else None})
+    except (ValueError, TypeError) as exc:
+        send({"n": n, "refused": str(exc)})
+    else:
+        pidfd = os.pidfd_open(proc.pid)
+        send({"n": n, "pid": proc.pid}, [pidfd])
+        children[pidfd] = (n, proc)
+        selector.register(pidfd, selectors.EVENT_READ)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
 send({"ready": os.getpid()})
 while True:
     for key, _ in selector.select():
@@ -155,28 +175,17 @@ while True:
             os.close(key.fd)
             send({"n": n, "status": proc.wait()})
             continue
-        data, fds, flags, _ = socket.recv_fds(sock, config["limit"], 3)
-        if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
-            sys.exit(0)  # the supervisor is gone (or the agent starved us of fds)
-        request = json.loads(data)
-        n = request["n"]
-        try:
-            proc = subprocess.Popen(
-                request["argv"], cwd=request["cwd"], env=request["env"], stdin=fds[0],
-                stdout=fds[1], stderr=fds[2], start_new_session=True)
-        except OSError as exc:
-            send({"n": n, "errno": exc.errno, "strerror": exc.strerror,
-                  "filename": exc.filename if isinstance(exc.filename, str) else None})
-        except (ValueError, TypeError) as exc:
-            send({"n": n, "refused": str(exc)})
-        else:
-            pidfd = os.pidfd_open(proc.pid)
-            send({"n": n, "pid": proc.pid}, [pidfd])
-            children[pidfd] = (n, proc)
-            selector.register(pidfd, selectors.EVENT_READ)
-        finally:
-            for fd in fds:
-                os.close(fd)
+        batch = []  # every request waiting (recv_fds ignores MSG_DONTWAIT before 3.12)
+        while not batch or select.select([sock], [], [], 0)[0]:
+            data, fds, flags, _ = socket.recv_fds(sock, config["limit"], 3)
+            if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
+                sys.exit(0)  # the supervisor is gone (or the agent starved us of fds)
+            batch.append((json.loads(data), fds))
+        if batch:
+            # Said before any of them starts: one the spawner dies before it read never ran.
+            send({"read": batch[-1][0]["n"]})
+        for request, fds in batch:
+            start(request, fds)
 """
 
 
@@ -592,13 +601,13 @@ class Supervisor:
                 print(f"gymbox: cannot start the spawner: {exc}", file=sys.stderr)
         return self.spawner
 
-    def start_command(self, rid, request):
+    def start_command(self, rid, request, started=None):
         """Hand the command to the spawner (it vforks as the agent; the answer comes back to
         the loop). Without one: spawn in the loop when nothing else is in flight; else hand the
         spawn to a Popen thread. ``Popen`` blocks until its child has exec'd (to report exec
         errors): alone, that wait costs less than a hand-off; with commands in flight, the loop
         must not wait."""
-        started = time.monotonic()
+        started = time.monotonic() if started is None else started
         self.arm_heartbeat()
         spawner = self.get_spawner()
         if spawner is not None and spawner.start(rid, request, started):
@@ -834,6 +843,7 @@ class Command:
         self.sup, self.rid = sup, rid
         self.started = started
         self.grace = request["grace"]
+        self.request = request
         self.argv, self.cwd = request["argv"], request.get("cwd") or sup.workdir
         self.out, self.err = Capped(request["cap"]), Capped(request["cap"])
         self.oom_before = sup.oom_kills()
@@ -946,6 +956,19 @@ class Command:
         self.sup.at(time.monotonic() + PIPE_LINGER_S, self.on_linger)
         self.maybe_finish()
 
+    def past_deadline(self):
+        return time.monotonic() >= self.started + self.request["timeout"]
+
+    def resend(self):
+        """The spawner died before it read this command: nothing ran; start it afresh."""
+        self.spawner = None
+        self.concluded = True
+        self.close_stdin()
+        for fd in list(self.pipes):
+            self.close_pipe(fd)
+        del self.sup.commands[self.rid]
+        self.sup.start_command(self.rid, self.request, self.started)
+
     def abandon(self, outcome):
         """The spawner could not start it: answer as the Popen path would have."""
         self.spawner = None
@@ -1037,6 +1060,7 @@ class Spawner:
         self.ready = False
         self.closed = False
         self.seq = 0
+        self.read_upto = 0  # the requests up to this number were read: they may have run
         self.commands = {}  # request number -> Command, until its exit status has come
         sup.selector.register(ours.fileno(), selectors.EVENT_READ, self.on_message)
         sup.selector.register(self.pidfd, selectors.EVENT_READ, self.on_death)
@@ -1122,6 +1146,12 @@ class Spawner:
                 raise Garbage("not a ready message")
             self.check_ready()
             return
+        if set(message) == {"read"}:
+            upto = message["read"]
+            if fds or type(upto) is not int or not self.read_upto <= upto <= self.seq:
+                raise Garbage(f"read up to {upto!r}")
+            self.read_upto = upto
+            return
         n = message["n"]
         command = self.commands.get(n) if type(n) is int else None
         if command is None:
@@ -1206,9 +1236,12 @@ class Spawner:
         if self.sup.spawner is self:
             self.sup.spawner = None
         owed, self.commands = self.commands, {}
-        for command in owed.values():
-            command.on_lost(f"gymbox's spawner (the agent-uid process that starts commands) "
-                            f"{why}")
+        for n, command in owed.items():
+            if n > self.read_upto and not command.past_deadline():
+                command.resend()  # never read, so never started: it goes to a new spawner
+            else:
+                command.on_lost(f"gymbox's spawner (the agent-uid process that starts "
+                                f"commands) {why}")
 
 
 class Interpreter:

@@ -213,3 +213,17 @@ async def test_a_spawner_killed_with_commands_in_flight_keeps_their_output(sandb
     assert result.stdout == "slow\n" and "exit status is lost" in result.stderr
     assert "exit status is lost" in killer.stderr
     assert [(await sandbox.exec(f"exit {i}", timeout=10)).exit_code for i in range(3)] == [0, 1, 2]
+
+
+async def test_a_command_the_spawner_could_not_read_runs_on_a_new_one(sandbox):
+    # The agent's uid may lower the spawner's rlimits: with no fd left it cannot take the next
+    # command's pipes, and exits before it said it read it. That command never ran, so it runs
+    # on a fresh spawner, its status intact.
+    spawner = int((await sandbox.exec("echo $PPID", timeout=10)).stdout)
+    cell = await sandbox.run_python(
+        f"import resource; resource.prlimit({spawner}, resource.RLIMIT_NOFILE, (3, 3))",
+        timeout=10)
+    assert cell.ok, cell
+    after = await sandbox.exec("echo $PPID; exit 3", timeout=10)
+    assert after.exit_code == 3 and after.stderr == "", after
+    assert int(after.stdout) != spawner
