@@ -1054,7 +1054,13 @@ class Spawner:
             raise
         finally:
             theirs.close()
-        self.pidfd = os.pidfd_open(self.proc.pid)
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except OSError:
+            self.proc.kill()
+            self.proc.wait()
+            ours.close()
+            raise
         self.sock = ours
         ours.setblocking(False)
         self.ready = False
