@@ -1036,7 +1036,8 @@ class Spawner:
     CPU or fds; everything it reports is checked. One that dies, stops, stalls past a
     command's deadline or its exit, or reports what it should not is killed; the commands it
     owed a pid or an exit status end with that status lost (a note in their stderr): the
-    agent's outcome. The next command starts a fresh spawner."""
+    agent's outcome. A command it never read never ran, and goes to a fresh spawner; so does
+    the next command."""
 
     def __init__(self, sup):
         self.sup = sup
