@@ -55,6 +55,7 @@ async def main(n: int) -> None:
     backend = DockerBackend()
     spec = SandboxSpec()
     rows: list[tuple[str, str, str, str]] = []
+    load_before = os.getloadavg()[0]  # these figures move with the machine's load: say it
 
     async with await Sandbox.open(spec, backend=backend) as sandbox:
         await sandbox.exec(["true"], timeout=10)  # warm the exec path
@@ -106,6 +107,8 @@ async def main(n: int) -> None:
                      "met" if p50 < 20 else "MISSED"))
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
+    print(f"load average (1 min): {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} "
+          "at the end")
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'gymbox':>16}  {'target':>12}  result")
     for name, value, target, verdict in rows:

@@ -15,7 +15,11 @@ class ExecResult:
     """The outcome of one command or one ``run_python`` cell.
 
     Attributes:
-        exit_code: the process's exit status, or ``None`` when a signal ended it.
+        exit_code: the process's exit status, or ``None`` when a signal ended it. Both
+            ``exit_code`` and ``signal`` are ``None`` when the status was lost: the agent's own
+            processes killed or stopped gymbox's spawner (the agent-uid process that started
+            the command) before it reported it; stderr then ends with a ``[gymbox]`` line
+            saying so.
         signal: the number of the signal that ended it, or ``None``.
         stdout: decoded standard output (UTF-8, invalid bytes replaced). When the output was
             longer than the cap, its head and its tail are kept with a marker between them.

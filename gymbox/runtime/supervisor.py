@@ -9,11 +9,20 @@ Frames, both ways: a 4-byte big-endian length, then that many bytes of UTF-8 JSO
 an ``id`` that the response repeats, so many requests can be in flight at once. The first frame
 the supervisor writes is ``{"id": 0, "event": "ready"}``.
 
-Everything runs around one ``selectors`` loop, plus a few spawner threads started at boot (a
-``Popen`` blocks until its child has exec'd; with other commands in flight the loop must not).
-A fork bomb that exhausts the pids limit cannot stop the supervisor from serving, because
-serving never needs a new thread. Answers produced in one loop turn leave in one write. Per
-command:
+Everything runs around one ``selectors`` loop. Commands are started by the spawner, a process
+the supervisor starts at boot that already is the agent (its uid and gid, no supplementary
+groups, ``oom_score_adj`` 1000, the supervisor's rlimits), so it can ``vfork``: forking the
+supervisor itself cost about three times the supervisor's CPU per command. The spawner gets each
+command's pipes over a unix socket, answers with its pid and a pidfd, and later its exit status.
+It is the agent's to kill, stop or starve (same uid); it is non-dumpable, so not the agent's to
+ptrace. Whatever it reports is checked, and a spawner that dies, stops, stalls or reports what
+it should not is killed and replaced: the commands it owed an answer end with their exit status
+lost, as the agent's outcome, never a platform failure. Where no spawner can run, commands take
+the Popen path (fork, drop to the agent in the child, exec), in the loop when nothing else is in
+flight, else on one of a few threads started at boot (a ``Popen`` blocks until its child has
+exec'd; with other commands in flight the loop must not). A fork bomb that exhausts the pids
+limit cannot stop the supervisor from serving, because serving never needs a new thread.
+Answers produced in one loop turn leave in one write. Per command:
 
 * the command runs in its own session, as the agent's uid (no capabilities), stdin at EOF unless
   the request gives stdin;
@@ -46,8 +55,10 @@ import json
 import math
 import os
 import queue
+import select
 import selectors
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -62,11 +73,20 @@ READ_CHUNK = 1 << 16
 # escaped the session and the sweep (another command is still running) can hold them that long.
 PIPE_LINGER_S = 0.5
 FILE_OP_TIMEOUT_S = 30.0
-SPAWNER_THREADS = 4
+POPEN_THREADS = 4  # the Popen path's threads, for when the spawner cannot serve
 HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
 AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
 KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
 FIRST_PID = 100  # where the supervisor's own threads, then the agent's processes, start
+# A spawn request larger than this (a huge argv or env) takes the Popen path instead.
+SPAWN_MESSAGE_MAX = 1 << 16
+SPAWNER_READY_S = 10.0  # how long boot waits for the first spawner before serving without it
+# How long an exited command may wait for its exit status from the spawner before the spawner
+# is taken for stuck (stopped by the agent, or blocked in a vfork the agent stopped).
+STATUS_WAIT_S = 1.0
+SPAWNER_STARTS = 3  # spawners that may die before they report ready, before we stop trying
+SPAWNER_DIED = ("died (the agent's processes can kill it, and so can the kernel's OOM killer, "
+                "which takes the agent's processes first)")
 
 INTERPRETER_SOURCE = r"""
 import ast, os, sys, threading, traceback
@@ -96,6 +116,76 @@ while True:
     sys.stdout.flush()
     sys.stderr.flush()
     control.write(b"%d %d\n" % (status, threading.active_count() - 1))
+"""
+
+
+# The spawner: started at boot as root, it becomes the agent (oom_score_adj 1000, no
+# supplementary groups, the agent's gid and uid; the rlimits are the supervisor's, inherited)
+# before it reads any request, so every command it starts inherits all of that and Popen can
+# vfork. The uid switch happens after exec, so the kernel makes the process non-dumpable: the
+# agent's uid may signal it but cannot ptrace it or open its /proc files. SIGINT is set back to
+# the default so a signal can only kill or stop it, never make it run a Python handler mid-send.
+# Requests and answers are SOCK_SEQPACKET messages (one send each, so one death cannot leave
+# half a message). argv[2] is the socket's fd, argv[3] the JSON config; argv[1] names it in ps.
+SPAWNER_SOURCE = r"""
+import json, os, select, selectors, signal, socket, subprocess, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)
+sock = socket.socket(fileno=int(sys.argv[2]))
+config = json.loads(sys.argv[3])
+with open("/proc/self/oom_score_adj", "w") as f:
+    f.write(str(config["oom_score_adj"]))
+if config["uid"] is not None:
+    os.setgroups([])
+    os.setresgid(config["gid"], config["gid"], config["gid"])
+    os.setresuid(config["uid"], config["uid"], config["uid"])
+os.chdir(config["workdir"])
+selector = selectors.DefaultSelector()
+selector.register(sock, selectors.EVENT_READ)
+children = {}
+
+def send(message, fds=()):
+    socket.send_fds(sock, [json.dumps(message).encode()], fds)
+
+def start(request, fds):
+    n = request["n"]
+    try:
+        proc = subprocess.Popen(
+            request["argv"], cwd=request["cwd"], env=request["env"], stdin=fds[0],
+            stdout=fds[1], stderr=fds[2], start_new_session=True)
+    except OSError as exc:
+        send({"n": n, "errno": exc.errno, "strerror": exc.strerror,
+              "filename": exc.filename if isinstance(exc.filename, str) else None})
+    except (ValueError, TypeError) as exc:
+        send({"n": n, "refused": str(exc)})
+    else:
+        pidfd = os.pidfd_open(proc.pid)
+        send({"n": n, "pid": proc.pid}, [pidfd])
+        children[pidfd] = (n, proc)
+        selector.register(pidfd, selectors.EVENT_READ)
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+send({"ready": os.getpid()})
+while True:
+    for key, _ in selector.select():
+        if key.fileobj is not sock:
+            n, proc = children.pop(key.fd)
+            selector.unregister(key.fd)
+            os.close(key.fd)
+            send({"n": n, "status": proc.wait()})
+            continue
+        batch = []  # every request waiting (recv_fds ignores MSG_DONTWAIT before 3.12)
+        while not batch or select.select([sock], [], [], 0)[0]:
+            data, fds, flags, _ = socket.recv_fds(sock, config["limit"], 3)
+            if not data or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or len(fds) != 3:
+                sys.exit(0)  # the supervisor is gone (or the agent starved us of fds)
+            batch.append((json.loads(data), fds))
+        if batch:
+            # Said before any of them starts: one the spawner dies before it read never ran.
+            send({"read": batch[-1][0]["n"]})
+        for request, fds in batch:
+            start(request, fds)
 """
 
 
@@ -269,10 +359,13 @@ class Supervisor:
         self.spawn_jobs = queue.SimpleQueue()
         self.spawned = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
+        self.devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        self.spawner = None
+        self.spawner_failures = 0  # spawners in a row that died before they were ready
         if config.get("align_pids"):
             align_pids(FIRST_PID)
-        for _ in range(SPAWNER_THREADS):
-            threading.Thread(target=self.spawner, daemon=True).start()
+        for _ in range(POPEN_THREADS):
+            threading.Thread(target=self.popen_worker, daemon=True).start()
 
     # -- loop -------------------------------------------------------------------------------
 
@@ -285,6 +378,11 @@ class Supervisor:
         os.set_blocking(0, False)
         self.selector.register(0, selectors.EVENT_READ, self.on_host)
         self.selector.register(self.wake_r, selectors.EVENT_READ, self.on_spawned)
+        # Serve only once the spawner is ready (or has failed): which path the first commands
+        # take, and so the pids they get, must not depend on how fast it started.
+        spawner = self.get_spawner()
+        if spawner is not None:
+            spawner.wait_ready(SPAWNER_READY_S)
         self.send({"id": 0, "event": "ready", "pid": os.getpid(), "oom": bool(self.oom_path)})
         self.flush()
         while not self.stopping:
@@ -393,6 +491,8 @@ class Supervisor:
         if self.commands or self.spawning or (self.interpreter and self.interpreter.cell):
             self.send({"id": 0, "event": "pressure", "pressure": self.gauges.report()})
             self.arm_heartbeat()
+            if self.spawner is not None and self.spawner.stopped():
+                self.spawner.close("was stopped (SIGSTOP or the like) by the agent's processes")
 
     def fail(self, rid, kind, message, code=None):
         self.send({"id": rid, "ok": False, "error": {"type": kind, "message": message,
@@ -407,6 +507,8 @@ class Supervisor:
             os.replace(tmp, self.lease_path)
 
     def shutdown(self):
+        if self.spawner is not None:
+            self.spawner.kill()
         for command in list(self.commands.values()):
             command.kill_session()
         if self.interpreter:
@@ -426,7 +528,7 @@ class Supervisor:
     def become_agent(self):
         """In a new child, before it runs agent code: make it the kernel's first choice for an
         OOM kill, then drop to the agent's uid. Only ``os`` calls: this runs between fork and
-        exec, beside the spawner threads."""
+        exec, beside the Popen threads."""
         with contextlib.suppress(OSError):
             fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
             try:
@@ -438,11 +540,14 @@ class Supervisor:
             os.setresgid(self.gid, self.gid, self.gid)
             os.setresuid(self.uid, self.uid, self.uid)
 
-    def kill_session(self, sid, keep=()):
-        """SIGKILL every process of session ``sid``: its group atomically, stragglers by scan."""
-        with contextlib.suppress(OSError):
-            os.killpg(sid, signal.SIGKILL)
-        self.kill_where(lambda pid: session_of(pid) == sid, keep)
+    def kill_session(self, sid, keep=(), group=True):
+        """SIGKILL every process of session ``sid``: its group atomically (``group``: where
+        ``sid`` is known to be the agent's), stragglers of the agent's uid by scan."""
+        if group:
+            with contextlib.suppress(OSError):
+                os.killpg(sid, signal.SIGKILL)
+        uid = self.agent_uid
+        self.kill_where(lambda pid: session_of(pid) == sid and real_uid_of(pid) == uid, keep)
 
     def sweep(self):
         """SIGKILL every leftover process of the agent's uid; False where that is not safe (a
@@ -452,9 +557,14 @@ class Supervisor:
         keep = {os.getpid(), 1}
         if self.interpreter:
             keep.add(self.interpreter.proc.pid)
-        uid = self.uid if self.uid is not None else os.getuid()
-        self.kill_where(lambda pid: owner_of(pid) == uid, keep)
+        if self.spawner is not None:
+            keep.add(self.spawner.proc.pid)
+        self.kill_where(lambda pid: owner_of(pid) == self.agent_uid, keep)
         return True
+
+    @property
+    def agent_uid(self):
+        return self.uid if self.uid is not None else os.getuid()
 
     def kill_where(self, match, keep):
         # A process may fork while we scan; more rounds catch the children of the last round
@@ -469,7 +579,7 @@ class Supervisor:
 
     def idle(self):
         """No command is running and no cell is executing: a sweep cannot hit innocent work."""
-        running = any(command.returncode is None for command in self.commands.values())
+        running = any(not command.concluded for command in self.commands.values())
         return not (running or self.spawning or self.file_ops
                     or (self.interpreter and self.interpreter.cell))
 
@@ -478,39 +588,70 @@ class Supervisor:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def start_command(self, rid, request):
-        """Spawn in the loop when nothing else is in flight; else hand the spawn to a spawner
-        thread. ``Popen`` blocks until its child has exec'd (to report exec errors): alone,
-        that wait costs less than a hand-off; with commands in flight, the loop must not wait."""
-        started = time.monotonic()
+    def get_spawner(self):
+        """The spawner, started if there is none; None where it cannot be (then commands take
+        the Popen path, as they did before the spawner existed)."""
+        if self.spawner is not None and self.spawner.stopped():
+            # Stopped between commands: replaced before it owes anything.
+            self.spawner.close("was stopped (SIGSTOP or the like) by the agent's processes")
+        if self.spawner is None and self.spawner_failures < SPAWNER_STARTS:
+            try:
+                self.spawner = Spawner(self)
+            except OSError as exc:  # e.g. the agent's processes hold the pids limit
+                print(f"gymbox: cannot start the spawner: {exc}", file=sys.stderr)
+        return self.spawner
+
+    def start_command(self, rid, request, started=None):
+        """Hand the command to the spawner (it vforks as the agent; the answer comes back to
+        the loop). Without one: spawn in the loop when nothing else is in flight; else hand the
+        spawn to a Popen thread. ``Popen`` blocks until its child has exec'd (to report exec
+        errors): alone, that wait costs less than a hand-off; with commands in flight, the loop
+        must not wait."""
+        started = time.monotonic() if started is None else started
         self.arm_heartbeat()
+        spawner = self.get_spawner()
+        if spawner is not None and spawner.start(rid, request, started):
+            return
         if self.spawning or not self.idle():
             self.spawning += 1
             self.spawn_jobs.put((rid, request, started))
         else:
             self.adopt(rid, request, started, self.launch(request, started))
 
-    def spawner(self):
-        """A spawner thread's body. The threads exist from the start, so spawning never needs
+    def popen_worker(self):
+        """A Popen thread's body. The threads exist from the start, so spawning never needs
         a new thread (a fork bomb may have used up the pids limit by then)."""
         while True:
             rid, request, started = self.spawn_jobs.get()
             self.spawned.append((rid, request, started, self.launch(request, started)))
             os.write(self.wake_w, b"!")
 
-    def launch(self, request, started):
-        """A started ``Popen``, or the result of a command that could not start."""
+    def command_env(self, request):
         env = dict(self.env)
         env.update(request.get("env") or {})
+        return env
+
+    def launch(self, request, started):
+        """The Popen path: a started ``Popen`` with our ends of its pipes, or the result of a
+        command that could not start."""
         cwd = request.get("cwd") or self.workdir
-        piped = request.get("stdin") is not None
         try:
-            return self.spawn(request["argv"], cwd=cwd, env=env,
-                              stdin=subprocess.PIPE if piped else subprocess.DEVNULL)
+            pipes = Pipes(self, request.get("stdin") is not None)
         except OSError as exc:
             return spawn_failure(request["argv"][0], cwd, exc, started)
+        try:
+            proc = subprocess.Popen(
+                request["argv"], cwd=cwd, env=self.command_env(request), stdin=pipes.child[0],
+                stdout=pipes.child[1], stderr=pipes.child[2], start_new_session=True,
+                preexec_fn=self.become_agent)
+        except OSError as exc:
+            pipes.close()
+            return spawn_failure(request["argv"][0], cwd, exc, started)
         except ValueError as exc:  # e.g. a string the OS cannot take (the host checks first)
+            pipes.close()
             return Refusal(f"the command cannot be started: {exc}")
+        pipes.close_child()
+        return proc, pipes
 
     def on_spawned(self, fd):
         os.read(fd, 4096)
@@ -526,9 +667,9 @@ class Supervisor:
         if isinstance(outcome, dict):
             self.reply(rid, outcome)
             return
-        stdin = request.get("stdin")
-        stdin_data = base64.b64decode(stdin) if stdin is not None else None
-        self.commands[rid] = Command(self, rid, outcome, request, stdin_data, started)
+        proc, pipes = outcome
+        command = Command(self, rid, request, started, pipes)
+        command.attach(proc.pid, os.pidfd_open(proc.pid), proc=proc)
 
     def next_cell(self):
         if not self.cells or (self.interpreter and self.interpreter.cell):
@@ -591,6 +732,59 @@ def owner_of(pid):
         return None
 
 
+def proc_status(pid):
+    """``/proc/<pid>/status`` as a dict of bytes, or None when the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = {}
+    for line in text.split(b"\n"):
+        name, _, value = line.partition(b":")
+        fields[name] = value
+    return fields
+
+
+def real_uid_of(pid):
+    status = proc_status(pid)
+    try:
+        return int(status[b"Uid"].split()[0])
+    except (TypeError, KeyError, IndexError, ValueError):
+        return None
+
+
+def check_child(pid, pidfd, spawner, uid):
+    """Whether ``pidfd`` is the live process ``pid``, a session leader of ``uid`` that is
+    neither the spawner nor a child of ours (the interpreter): True; False when that process
+    was already reaped (it ran and is gone, so there is nothing left to check or to signal);
+    None when it is anything else. Its parent may be the spawner or, once the agent killed the
+    spawner, init. The status is read before the pidfd's holder, so a pid still held then was
+    that process when read."""
+    status = proc_status(pid)
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", "rb") as f:
+            info = f.read()
+    except OSError:
+        return None
+    holder = None
+    for line in info.split(b"\n"):
+        if line.startswith(b"Pid:"):
+            holder = int(line[4:])
+    if holder == -1:
+        return False
+    if holder != pid or status is None:
+        return None
+    try:
+        sid = int(status[b"NSsid"].split()[0])
+        ppid = int(status[b"PPid"])
+        uids = [int(u) for u in status[b"Uid"].split()]
+    except (KeyError, IndexError, ValueError):
+        return None
+    ours = ppid == os.getpid() or pid == spawner
+    return True if (sid == pid and not ours and uids == [uid] * 4) else None
+
+
 def session_of(pid):
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -606,47 +800,100 @@ def decode_status(returncode):
     return returncode, None
 
 
-class Command:
-    """One command in flight: its pipes, its pidfd, its deadline."""
+class Pipes:
+    """A command's stdin, stdout and stderr: the child's ends (for ``Popen`` or the spawner,
+    closed here once handed over) and ours. Without stdin data the child's stdin is
+    /dev/null."""
 
-    def __init__(self, sup, rid, proc, request, stdin_data, started):
-        self.sup, self.rid, self.proc = sup, rid, proc
+    def __init__(self, sup, piped_stdin):
+        made = []
+        try:
+            for _ in range(3 if piped_stdin else 2):
+                made.extend(os.pipe())
+        except OSError:
+            for fd in made:
+                os.close(fd)
+            raise
+        out_r, out_w, err_r, err_w = made[:4]
+        in_r, in_w = made[4:] if piped_stdin else (sup.devnull, None)
+        self.child = (in_r, out_w, err_w)
+        self.ours = (in_w, out_r, err_r)
+        self.piped = piped_stdin
+
+    def close_child(self):
+        for fd in self.child[1:] + (self.child[:1] if self.piped else ()):
+            os.close(fd)
+
+    def close(self):
+        self.close_child()
+        for fd in self.ours:
+            if fd is not None:
+                os.close(fd)
+
+
+class Command:
+    """One command in flight: its pipes, its pidfd, its deadline.
+
+    Its process comes from the spawner (``attach`` when the spawner reports the pid, and the
+    exit status from the spawner after the pidfd said the process ended) or from ``Popen``
+    (``attach`` at once, the status from ``wait``). The pidfd is the only word on when it
+    ended; the spawner's reports are the agent's to forge and decide nothing else."""
+
+    def __init__(self, sup, rid, request, started, pipes):
+        self.sup, self.rid = sup, rid
         self.started = started
         self.grace = request["grace"]
+        self.request = request
+        self.argv, self.cwd = request["argv"], request.get("cwd") or sup.workdir
         self.out, self.err = Capped(request["cap"]), Capped(request["cap"])
         self.oom_before = sup.oom_kills()
-        self.returncode = None
+        self.spawner = None  # the spawner that owes this command its pid or exit status
+        self.proc = None  # the Popen, on the Popen path
+        self.pid = self.pidfd = None
+        self.verified = False  # pid seen alive as a session leader of the agent's uid
+        self.status = None  # the wait status, once known
+        self.exited = False  # the pidfd said the process ended (or it never started)
+        self.lost = None  # why the exit status will never come
+        self.concluded = False
         self.timed_out = False
+        self.ended = None
         self.pipes = {}
-        for stream, capped in ((proc.stdout, self.out), (proc.stderr, self.err)):
-            os.set_blocking(stream.fileno(), False)
-            self.pipes[stream.fileno()] = (stream, capped)
-            sup.selector.register(stream.fileno(), selectors.EVENT_READ, self.on_output)
-        self.pidfd = os.pidfd_open(proc.pid)
-        sup.selector.register(self.pidfd, selectors.EVENT_READ, self.on_exit)
+        in_w, out_r, err_r = pipes.ours
+        for fd, capped in ((out_r, self.out), (err_r, self.err)):
+            os.set_blocking(fd, False)
+            self.pipes[fd] = capped
+            sup.selector.register(fd, selectors.EVENT_READ, self.on_output)
+        self.stdin_fd = in_w
         self.stdin = None
-        if stdin_data is not None:
-            self.stdin = memoryview(stdin_data)
-            os.set_blocking(proc.stdin.fileno(), False)
-            sup.selector.register(proc.stdin.fileno(), selectors.EVENT_WRITE, self.on_stdin)
+        if in_w is not None:
+            self.stdin = memoryview(base64.b64decode(request["stdin"]))
+            os.set_blocking(in_w, False)
+            sup.selector.register(in_w, selectors.EVENT_WRITE, self.on_stdin)
+        sup.commands[rid] = self
         sup.at(started + request["timeout"], self.on_deadline)
 
+    def attach(self, pid, pidfd, proc=None, verified=True):
+        self.pid, self.pidfd, self.proc, self.verified = pid, pidfd, proc, verified
+        self.sup.selector.register(pidfd, selectors.EVENT_READ, self.on_exit)
+        if self.timed_out and verified:  # it started after its deadline
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGTERM)
+
     def on_output(self, fd):
-        _stream, capped = self.pipes[fd]
         try:
             data = os.read(fd, READ_CHUNK)
         except BlockingIOError:
             return
         if data:
-            capped.feed(data)
+            self.pipes[fd].feed(data)
         else:
             self.close_pipe(fd)
             self.maybe_finish()
 
     def close_pipe(self, fd):
-        stream, _ = self.pipes.pop(fd)
+        del self.pipes[fd]
         self.sup.selector.unregister(fd)
-        stream.close()
+        os.close(fd)
 
     def on_stdin(self, fd):
         try:
@@ -660,19 +907,48 @@ class Command:
             self.close_stdin()
 
     def close_stdin(self):
-        if self.proc.stdin and not self.proc.stdin.closed:
-            if self.stdin is not None:
-                self.sup.selector.unregister(self.proc.stdin.fileno())
-            self.proc.stdin.close()
+        if self.stdin_fd is not None:
+            self.sup.selector.unregister(self.stdin_fd)
+            os.close(self.stdin_fd)
+            self.stdin_fd = None
 
     def on_exit(self, _fd):
         self.sup.selector.unregister(self.pidfd)
         os.close(self.pidfd)
-        self.returncode = self.proc.wait()
+        self.pidfd = None
+        self.exited = True
         self.ended = time.monotonic()
+        if self.proc is not None:
+            self.status = self.proc.wait()
+        if self.status is not None or self.lost:
+            self.conclude()
+        else:
+            self.sup.at(self.ended + STATUS_WAIT_S, self.on_status_overdue)
+
+    def on_status(self, status):
+        self.spawner = None
+        self.status = status
+        if self.exited:
+            self.conclude()
+
+    def on_status_overdue(self):
+        if not self.concluded and self.spawner is not None:
+            self.spawner.close(f"did not report the exit status of a command {STATUS_WAIT_S:g} s "
+                               "after it ended")
+
+    def on_lost(self, why):
+        """The spawner is gone: what it owed this command will never come."""
+        self.spawner = None
+        self.lost = why
+        if self.pid is None:  # never reported started: it may have, it will not be tracked
+            self.exited = True
+            self.ended = time.monotonic()
+        if self.exited:
+            self.conclude()
+
+    def conclude(self):
+        self.concluded = True
         self.close_stdin()
-        with contextlib.suppress(OSError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
         # Leftovers: when nothing else runs, every process of the agent's uid; otherwise only
         # this command's session (the rest may belong to the commands still running).
         if not (self.sup.idle() and self.sup.sweep()):
@@ -680,38 +956,299 @@ class Command:
         self.sup.at(time.monotonic() + PIPE_LINGER_S, self.on_linger)
         self.maybe_finish()
 
+    def past_deadline(self):
+        return time.monotonic() >= self.started + self.request["timeout"]
+
+    def resend(self):
+        """The spawner died before it read this command: nothing ran; start it afresh."""
+        self.spawner = None
+        self.concluded = True
+        self.close_stdin()
+        for fd in list(self.pipes):
+            self.close_pipe(fd)
+        del self.sup.commands[self.rid]
+        self.sup.start_command(self.rid, self.request, self.started)
+
+    def abandon(self, outcome):
+        """The spawner could not start it: answer as the Popen path would have."""
+        self.spawner = None
+        self.concluded = True
+        self.close_stdin()
+        for fd in list(self.pipes):
+            self.close_pipe(fd)
+        del self.sup.commands[self.rid]
+        if isinstance(outcome, Refusal):
+            self.sup.fail(self.rid, "InvalidRequest", outcome.message)
+        else:
+            self.sup.reply(self.rid, outcome)
+
     def kill_session(self):
-        self.sup.kill_session(self.proc.pid)
+        if self.pid is not None:
+            # A pid not seen alive may be any process by now: no group signal to it.
+            self.sup.kill_session(self.pid, group=self.verified)
 
     def on_deadline(self):
-        if self.returncode is not None:
+        if self.concluded or self.exited:
             return
         self.timed_out = True
-        with contextlib.suppress(OSError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        if self.verified:
+            with contextlib.suppress(OSError):
+                os.killpg(self.pid, signal.SIGTERM)
         self.sup.at(time.monotonic() + self.grace, self.on_grace_over)
 
     def on_grace_over(self):
-        if self.returncode is None:
+        if self.concluded:
+            return
+        if self.pid is not None and not self.exited:
             self.kill_session()
+        elif self.pid is None and self.spawner is not None:
+            self.spawner.close("did not start a command within its deadline and grace")
 
     def on_linger(self):
-        if self.rid in self.sup.commands and self.returncode is not None:
+        if self.rid in self.sup.commands and self.concluded:
             for fd in list(self.pipes):
                 self.close_pipe(fd)
             self.maybe_finish()
 
     def maybe_finish(self):
-        if self.returncode is None or self.pipes or self.rid not in self.sup.commands:
+        if not self.concluded or self.pipes or self.rid not in self.sup.commands:
             return
         del self.sup.commands[self.rid]
-        exit_code, sig = decode_status(self.returncode)
+        exit_code, sig = decode_status(self.status) if self.status is not None else (None, None)
+        if self.lost:
+            self.err.feed(f"[gymbox] this command's exit status is lost: {self.lost}\n".encode())
         after = self.sup.oom_kills()
         oom = after is not None and self.oom_before is not None and after > self.oom_before
         result = result_dict(exit_code, sig, self.out, self.err, self.timed_out, oom,
                              self.started)
         result["duration_s"] = self.ended - self.started
         self.sup.reply(self.rid, result, pressure=True)
+
+
+class Garbage(Exception):
+    """The spawner sent what it should not have."""
+
+
+class Spawner:
+    """The supervisor's side of the spawner process (``SPAWNER_SOURCE``): a socket and a pidfd.
+
+    The spawner runs as the agent's uid, so the agent may kill it, stop it, or starve it of
+    CPU or fds; everything it reports is checked. One that dies, stops, stalls past a
+    command's deadline or its exit, or reports what it should not is killed; the commands it
+    owed a pid or an exit status end with that status lost (a note in their stderr): the
+    agent's outcome. A command it never read never ran, and goes to a fresh spawner; so does
+    the next command."""
+
+    def __init__(self, sup):
+        self.sup = sup
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        config = {"uid": sup.uid, "gid": sup.gid, "workdir": sup.workdir,
+                  "oom_score_adj": AGENT_OOM_SCORE_ADJ, "limit": SPAWN_MESSAGE_MAX}
+        try:
+            self.proc = subprocess.Popen(
+                [sup.python, "-I", "-S", "-c", SPAWNER_SOURCE, "gymbox-spawner",
+                 str(theirs.fileno()), json.dumps(config)],
+                pass_fds=(theirs.fileno(),), stdin=sup.devnull, stdout=sup.devnull, cwd="/",
+                start_new_session=True)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        try:
+            self.pidfd = os.pidfd_open(self.proc.pid)
+        except OSError:
+            self.proc.kill()
+            self.proc.wait()
+            ours.close()
+            raise
+        self.sock = ours
+        ours.setblocking(False)
+        self.ready = False
+        self.closed = False
+        self.seq = 0
+        self.read_upto = 0  # the requests up to this number were read: they may have run
+        self.commands = {}  # request number -> Command, until its exit status has come
+        sup.selector.register(ours.fileno(), selectors.EVENT_READ, self.on_message)
+        sup.selector.register(self.pidfd, selectors.EVENT_READ, self.on_death)
+
+    def wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while not (self.ready or self.closed):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.close(f"was not ready {timeout:g} s after it started")
+                return
+            readable, _, _ = select.select([self.sock, self.pidfd], [], [], left)
+            if self.pidfd in readable:
+                self.on_death(self.pidfd)
+            elif readable:
+                self.on_message(self.sock.fileno())
+
+    def stopped(self):
+        try:
+            with open(f"/proc/{self.proc.pid}/stat", "rb") as f:
+                state = f.read().rsplit(b")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state in (b"T", b"t")
+
+    def start(self, rid, request, started):
+        """Send the command; False (nothing sent) when it must take the Popen path."""
+        self.seq += 1
+        try:
+            message = json.dumps({
+                "n": self.seq, "argv": request["argv"],
+                "cwd": request.get("cwd") or self.sup.workdir,
+                "env": self.sup.command_env(request)}).encode()
+        except ValueError:  # not UTF-8: the Popen path refuses it as it always did
+            return False
+        if len(message) > SPAWN_MESSAGE_MAX:
+            return False
+        try:
+            pipes = Pipes(self.sup, request.get("stdin") is not None)
+        except OSError:
+            return False
+        try:
+            socket.send_fds(self.sock, [message], pipes.child)
+        except OSError as exc:
+            pipes.close()
+            if not isinstance(exc, BlockingIOError) and exc.errno != errno.EMSGSIZE:
+                self.close(f"could not be written to ({exc.strerror})")
+            return False
+        pipes.close_child()
+        command = Command(self.sup, rid, request, started, pipes)
+        command.spawner = self
+        self.commands[self.seq] = command
+        return True
+
+    def on_message(self, _fd):
+        while not self.closed:
+            try:
+                data, fds, flags, _ = socket.recv_fds(self.sock, 4096, 2)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:  # it died with requests unread
+                self.close(SPAWNER_DIED)
+                return
+            except OSError as exc:
+                self.close(f"could not be read ({exc.strerror})")
+                return
+            if not data:
+                self.close(SPAWNER_DIED)
+                return
+            try:
+                self.handle(data, fds, flags)
+            except (Garbage, ValueError, TypeError, KeyError, AttributeError) as exc:
+                for fd in fds:
+                    os.close(fd)
+                self.close(f"answered what it should not ({exc or type(exc).__name__})")
+
+    def handle(self, data, fds, flags):
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise Garbage("a truncated message")
+        message = json.loads(data)
+        if not self.ready:
+            if fds or message != {"ready": self.proc.pid}:
+                raise Garbage("not a ready message")
+            self.check_ready()
+            return
+        if set(message) == {"read"}:
+            upto = message["read"]
+            if fds or type(upto) is not int or not self.read_upto <= upto <= self.seq:
+                raise Garbage(f"read up to {upto!r}")
+            self.read_upto = upto
+            return
+        n = message["n"]
+        command = self.commands.get(n) if type(n) is int else None
+        if command is None:
+            raise Garbage(f"a message about no command of ours: {n!r}")
+        keys = set(message)
+        if keys == {"n", "pid"} and len(fds) == 1 and command.pid is None:
+            pid = message["pid"]
+            verified = check_child(pid, fds[0], self.proc.pid, self.sup.agent_uid) \
+                if type(pid) is int and pid > 1 else None
+            if verified is None:
+                raise Garbage(f"pid {pid!r} is not the command it started")
+            command.attach(pid, fds[0], verified=verified)
+            return
+        if fds:
+            raise Garbage("file descriptors with a message that takes none")
+        if keys == {"n", "status"} and command.pid is not None:
+            status = message["status"]
+            if type(status) is not int or not -64 <= status <= 255:
+                raise Garbage(f"exit status {status!r}")
+            del self.commands[n]
+            command.on_status(status)
+        elif keys == {"n", "errno", "strerror", "filename"} and command.pid is None:
+            code, why, name = message["errno"], message["strerror"], message["filename"]
+            if type(code) is not int or type(why) is not str or not isinstance(name, (str,
+                                                                                     type(None))):
+                raise Garbage("a malformed start failure")
+            del self.commands[n]
+            command.abandon(spawn_failure(command.argv[0], command.cwd, OSError(code, why, name),
+                                          command.started))
+        elif keys == {"n", "refused"} and type(message["refused"]) is str and command.pid is None:
+            del self.commands[n]
+            command.abandon(Refusal(f"the command cannot be started: {message['refused']}"))
+        else:
+            raise Garbage(f"an unknown message {sorted(keys)}")
+
+    def check_ready(self):
+        """It must be the agent, with no groups, and non-dumpable: its /proc files owned by
+        root, so the agent's uid cannot ptrace it or read its memory. One that is not never
+        will be: the Popen path serves from now on."""
+        status = proc_status(self.proc.pid)
+        uid = self.sup.agent_uid
+        good = (status is not None and status.get(b"Uid", b"").split() == [b"%d" % uid] * 4
+                and status.get(b"Groups", b"").split() == ([] if self.sup.uid is not None
+                                                           else status[b"Groups"].split()))
+        if good and self.sup.uid is not None:
+            # The kernel gives a non-dumpable process's /proc files (not its directory) to root.
+            try:
+                good = os.stat(f"/proc/{self.proc.pid}/mem").st_uid == 0
+            except OSError:
+                good = False
+        if not good:
+            self.sup.spawner_failures = SPAWNER_STARTS
+            self.close("did not come up as the agent's uid, without groups and non-dumpable")
+            return
+        self.ready = True
+        self.sup.spawner_failures = 0
+
+    def on_death(self, _fd):
+        if not self.closed:
+            self.on_message(self.sock.fileno())  # what it sent before it died still counts
+        if not self.closed:
+            self.close(SPAWNER_DIED)
+        self.sup.selector.unregister(self.pidfd)
+        os.close(self.pidfd)
+        self.proc.wait()
+
+    def kill(self):
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+
+    def close(self, why):
+        """Kill it, and end what it owed; its pidfd stays registered until it is reaped."""
+        if self.closed:
+            return
+        self.closed = True
+        print(f"gymbox: the spawner (pid {self.proc.pid}) {why}", file=sys.stderr)
+        if not self.ready:
+            self.sup.spawner_failures += 1
+        self.kill()
+        self.sup.selector.unregister(self.sock.fileno())
+        self.sock.close()
+        if self.sup.spawner is self:
+            self.sup.spawner = None
+        owed, self.commands = self.commands, {}
+        for n, command in owed.items():
+            if n > self.read_upto and not command.past_deadline():
+                command.resend()  # never read, so never started: it goes to a new spawner
+            else:
+                command.on_lost(f"gymbox's spawner (the agent-uid process that starts "
+                                f"commands) {why}")
 
 
 class Interpreter:

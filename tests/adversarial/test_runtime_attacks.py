@@ -183,3 +183,41 @@ async def test_lone_surrogates_are_refused_before_they_are_sent_and_lose_nothing
         assert [c.method for c in sandbox.journal] == ["write_file", "exec"]
     assert not sandboxes.metrics.masked and not sandboxes.metrics.recovered
     assert not await containers_left(docker_client)
+
+
+# What the agent can do to gymbox's spawner (a command's parent, running as the agent's uid):
+# kill it or stop it from a command, kill it between commands (from the interpreter, which is
+# not its child), and try to take it over. Each costs at most that command's exit status.
+KILL_SPAWNERS = ("import os, time\n"
+                 "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+                 "    try:\n"
+                 "        if b'gymbox-spawner' in open(f'/proc/{pid}/cmdline', 'rb').read():\n"
+                 "            os.kill(int(pid), 9); print('killed a spawner')\n"
+                 "            while open(f'/proc/{pid}/stat').read().split()[2] != 'Z':\n"
+                 "                time.sleep(0.01)  # dead before the next command is sent\n"
+                 "    except OSError: pass")
+TAKE_OVER = ("python3 -c \"import ctypes, sys; libc = ctypes.CDLL(None)\n"
+             "p = int(sys.argv[1]); print(libc.ptrace(16, p, 0, 0))\n"
+             "try: open(f'/proc/{p}/mem', 'rb')\n"
+             "except PermissionError: print('no mem')\" $PPID")  # the shell's parent
+
+
+async def test_an_agent_that_kills_stops_or_probes_the_spawner_is_scored(docker_client):
+    agent = scripted(call("shell", command="kill -9 $PPID; echo killed"),
+                     call("shell", command="kill -STOP $PPID; echo stopped"),
+                     call("shell", command=TAKE_OVER),
+                     call("python", code=KILL_SPAWNERS),
+                     call("shell", command="pkill -f gymbox-spawner; kill -9 -1; echo again"),
+                     call("shell", command="echo still here"))
+    async with recovering(spec=SPEC_SMALL) as (sandboxes, _):
+        episode = await play(ProductEnv(sandboxes=sandboxes, max_turns=8), 0, agent)
+    lost = "this command's exit status is lost"
+    killed, stopped = episode.messages[3]["content"], episode.messages[5]["content"]
+    assert killed.startswith("killed\n") and lost in killed
+    assert stopped.startswith("stopped\n") and lost in stopped
+    assert episode.messages[7]["content"] == "-1\nno mem"  # ptrace refused, memory unreadable
+    assert episode.messages[9]["content"] == "killed a spawner"
+    assert episode.messages[11]["content"].startswith("again")
+    assert_scored_and_alive(episode, sandboxes, alive_at=13, expect="still here")
+    assert not (sandboxes.metrics.recovered or sandboxes.metrics.agent_caused)
+    assert not await containers_left(docker_client)

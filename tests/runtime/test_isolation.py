@@ -6,6 +6,8 @@ tests run against the real engine only.
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gymbox.runtime import DockerBackend, Sandbox, SandboxSpec
@@ -62,7 +64,10 @@ async def test_the_agent_has_no_capabilities_and_cannot_gain_any(sandbox):
 
 async def test_the_agent_is_the_kernels_first_oom_victim(sandbox):
     assert (await sandbox.exec("cat /proc/self/oom_score_adj", timeout=10)).stdout == "1000\n"
-    supervisor = await sandbox.exec("cat /proc/$PPID/oom_score_adj", timeout=10)
+    # a command's parent is the spawner (the agent's, so 1000), whose parent is the supervisor
+    supervisor = await sandbox.exec(
+        "cat /proc/$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status)/oom_score_adj",
+        timeout=10)
     assert supervisor.stdout == "0\n"
     cell = await sandbox.run_python("print(open('/proc/self/oom_score_adj').read().strip())",
                                     timeout=10)
@@ -124,3 +129,101 @@ async def test_memory_bomb_is_reported_as_oom(sandbox):
     cell = await sandbox.run_python("x = b'x' * (400 * 2**20)", timeout=30)
     assert cell.oom_killed and cell.interpreter_reset
     assert (await sandbox.run_python("1 + 1", timeout=10)).stdout == "2\n"
+
+
+# The spawner: the process that starts each command (a command's parent). It runs as the
+# agent's uid, so the agent can signal it; it must not be able to take it over, and whatever it
+# does to it must stay the agent's outcome, with the sandbox serving on.
+AS_THE_AGENT = r"""
+import ctypes, errno, os, resource
+def field(pid, name):
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(name + ":"):
+            return " ".join(line.split()[1:])
+spawner = os.getppid()
+print("command", field("self", "Uid"), "|", field("self", "Gid"), "|", field("self", "Groups"),
+      "|", open("/proc/self/oom_score_adj").read().strip(), "|",
+      resource.getrlimit(resource.RLIMIT_NOFILE), resource.getrlimit(resource.RLIMIT_FSIZE))
+print("spawner", b"gymbox-spawner" in open(f"/proc/{spawner}/cmdline", "rb").read(),
+      field(spawner, "Uid"), "|", open(f"/proc/{spawner}/oom_score_adj").read().strip())
+for name, look in (("mem", open), ("environ", open), ("fd", os.listdir)):
+    try:
+        look(f"/proc/{spawner}/{name}")
+        print(name, "readable")
+    except PermissionError:
+        print(name, "denied")
+libc = ctypes.CDLL(None, use_errno=True)
+print("ptrace", libc.ptrace(16, spawner, 0, 0), errno.errorcode[ctypes.get_errno()])  # ATTACH
+"""
+
+
+async def test_commands_run_as_the_agent_from_a_spawner_the_agent_cannot_take_over(sandbox):
+    result = await sandbox.exec(["python3", "-c", AS_THE_AGENT], timeout=10)
+    assert result.stdout.splitlines() == [
+        "command 1000 1000 1000 1000 | 1000 1000 1000 1000 |  | 1000 | (1024, 1024) "
+        f"({256 * 2**20}, {256 * 2**20})",
+        "spawner True 1000 1000 1000 1000 | 1000",
+        "mem denied", "environ denied", "fd denied",  # non-dumpable: its /proc files are root's
+        "ptrace -1 EPERM",
+    ], result.stderr
+
+
+# Signals the spawner, then waits until it is dead or stopped: a command sent while the
+# spawner is still dying would find it alive and lose its status (a kill at that moment is one
+# mid-command).
+SIGNAL_SPAWNER = """
+import os, signal, time
+os.kill({pid}, signal.{sig})
+try:
+    while open("/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "T"):
+        time.sleep(0.01)
+except FileNotFoundError:
+    pass
+"""
+
+
+async def test_a_spawner_killed_or_stopped_between_commands_is_replaced_unnoticed(sandbox):
+    # The interpreter is not the spawner's child: its cell acts while no command runs.
+    for sig in ("SIGKILL", "SIGSTOP"):
+        spawner = int((await sandbox.exec("echo $PPID", timeout=10)).stdout)
+        cell = await sandbox.run_python(SIGNAL_SPAWNER.format(pid=spawner, sig=sig), timeout=10)
+        assert cell.ok, cell
+        after = await sandbox.exec("echo $PPID; echo err >&2; exit 3", timeout=10)
+        assert after.exit_code == 3 and after.stderr == "err\n", after
+        assert int(after.stdout) != spawner
+
+
+@pytest.mark.parametrize("sig", ["KILL", "STOP"])
+async def test_a_spawner_killed_or_stopped_mid_command_costs_that_status_only(sandbox, sig):
+    result = await sandbox.exec(f"kill -{sig} $PPID; echo after; exit 4", timeout=30)
+    assert result.stdout == "after\n" and not result.timed_out
+    assert result.exit_code is None and result.signal is None
+    assert "this command's exit status is lost: gymbox's spawner" in result.stderr
+    assert ("died" if sig == "KILL" else "stopped") in result.stderr
+    assert result.duration_s < 10  # seen at once, not at the deadline
+    assert (await sandbox.exec("exit 5", timeout=10)).exit_code == 5
+    assert await serves(sandbox)
+
+
+async def test_a_spawner_killed_with_commands_in_flight_keeps_their_output(sandbox):
+    slow = asyncio.create_task(sandbox.exec("sleep 1; echo slow", timeout=30))
+    await asyncio.sleep(0.3)
+    killer = await sandbox.exec("kill -9 $PPID", timeout=10)
+    result = await slow
+    assert result.stdout == "slow\n" and "exit status is lost" in result.stderr
+    assert "exit status is lost" in killer.stderr
+    assert [(await sandbox.exec(f"exit {i}", timeout=10)).exit_code for i in range(3)] == [0, 1, 2]
+
+
+async def test_a_command_the_spawner_could_not_read_runs_on_a_new_one(sandbox):
+    # The agent's uid may lower the spawner's rlimits: with no fd left it cannot take the next
+    # command's pipes, and exits before it said it read it. That command never ran, so it runs
+    # on a fresh spawner, its status intact.
+    spawner = int((await sandbox.exec("echo $PPID", timeout=10)).stdout)
+    cell = await sandbox.run_python(
+        f"import resource; resource.prlimit({spawner}, resource.RLIMIT_NOFILE, (3, 3))",
+        timeout=10)
+    assert cell.ok, cell
+    after = await sandbox.exec("echo $PPID; exit 3", timeout=10)
+    assert after.exit_code == 3 and after.stderr == "", after
+    assert int(after.stdout) != spawner
