@@ -77,6 +77,11 @@ POPEN_THREADS = 4  # the Popen path's threads, for when the spawner cannot serve
 HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
 AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
 KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
+# How long a sweep then waits for the processes it killed to be gone. Until a killed process has
+# run to its exit and been reaped it keeps its pid, and a fork bomb's hundreds of them keep the
+# pids limit full: on a loaded machine the next command then failed to start ("the sandbox's
+# process limit is reached"). Kept well under the host's backstop margin.
+REAP_WAIT_S = 1.0
 FIRST_PID = 100  # where the supervisor's own threads, then the agent's processes, start
 # A spawn request larger than this (a huge argv or env) takes the Popen path instead.
 SPAWN_MESSAGE_MAX = 1 << 16
@@ -568,14 +573,26 @@ class Supervisor:
 
     def kill_where(self, match, keep):
         # A process may fork while we scan; more rounds catch the children of the last round
-        # (a fork bomb refills each freed pid until every parent is dead).
-        for _ in range(KILL_ROUNDS):
+        # (a fork bomb refills each freed pid until every parent is dead). Then wait, briefly,
+        # for the killed to be reaped (REAP_WAIT_S): our own children are left out of that wait,
+        # since only this loop reaps them.
+        give_up = time.monotonic() + REAP_WAIT_S
+        me = os.getpid()
+        rounds = 0
+        while True:
             victims = [pid for pid in list_pids() if pid not in keep and match(pid)]
+            if rounds >= KILL_ROUNDS:
+                victims = [pid for pid in victims if parent_of(pid) != me]
             if not victims:
                 return
             for pid in victims:
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
+            rounds += 1
+            if rounds >= KILL_ROUNDS:
+                if time.monotonic() >= give_up:
+                    return
+                time.sleep(0.005)
 
     def idle(self):
         """No command is running and no cell is executing: a sweep cannot hit innocent work."""
@@ -744,6 +761,14 @@ def proc_status(pid):
         name, _, value = line.partition(b":")
         fields[name] = value
     return fields
+
+
+def parent_of(pid):
+    status = proc_status(pid)
+    try:
+        return int(status[b"PPid"])
+    except (TypeError, KeyError, ValueError):
+        return None
 
 
 def real_uid_of(pid):
