@@ -986,26 +986,25 @@ class Command:
 
     def resend(self):
         """The spawner died before it read this command: nothing ran; start it afresh."""
-        self.spawner = None
-        self.concluded = True
-        self.close_stdin()
-        for fd in list(self.pipes):
-            self.close_pipe(fd)
-        del self.sup.commands[self.rid]
+        self.withdraw()
         self.sup.start_command(self.rid, self.request, self.started)
 
     def abandon(self, outcome):
         """The spawner could not start it: answer as the Popen path would have."""
+        self.withdraw()
+        if isinstance(outcome, Refusal):
+            self.sup.fail(self.rid, "InvalidRequest", outcome.message)
+        else:
+            self.sup.reply(self.rid, outcome)
+
+    def withdraw(self):
+        """Forget this command before it ran: no spawner owes it anything, its pipes close."""
         self.spawner = None
         self.concluded = True
         self.close_stdin()
         for fd in list(self.pipes):
             self.close_pipe(fd)
         del self.sup.commands[self.rid]
-        if isinstance(outcome, Refusal):
-            self.sup.fail(self.rid, "InvalidRequest", outcome.message)
-        else:
-            self.sup.reply(self.rid, outcome)
 
     def kill_session(self):
         if self.pid is not None:
