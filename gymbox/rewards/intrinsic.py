@@ -93,10 +93,11 @@ def majority_vote(answers: Sequence[str | None], equivalent: Equivalence = _exac
     seen first. A vote needs agreement: when no two answers agree (in a group of two or more),
     there is no label and no member is paid. Otherwise the first answer of every such group
     would be its own "majority", and small groups (TTRL votes over 64 samples; GRPO groups are
-    often 4) would pay one arbitrary answer in each, reinforcing noise. The soft reward gives each member the vote share of its own answer,
-    s_i = |{j : a_j ≡ a_i}| / G (the graded counterpart of SRT's majority agreement, arXiv
-    2505.21444). ``agreement`` = |{j : a_j ≡ ŷ}| / G, the majority ratio both papers track as
-    the pseudo-label's reliability.
+    often 4) would pay one arbitrary answer in each, reinforcing noise. The soft reward gives
+    each member the vote share of its own answer, s_i = |{j : a_j ≡ a_i}| / G (the graded
+    counterpart of SRT's majority agreement, arXiv 2505.21444). ``agreement`` =
+    |{j : a_j ≡ ŷ}| / G, the majority ratio both papers track as the pseudo-label's
+    reliability.
 
     Raises:
         ValueError: for an empty group.
