@@ -80,15 +80,19 @@ def test_staleness_zero_is_exactly_synchronous_grpo(tiny):
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def assert_one_step_stale_at_most(reports, *, steps):
+    lags = [r.step - g.version for r in reports for g in r.groups]
+    assert max(lags) <= 1 and len(reports) == steps
+    assert any(lag == 1 for lag in lags), "sampling never overlapped an update"
+
+
 def test_async_groups_are_at_most_max_staleness_old(tiny):
     learner = fresh(tiny)
     generator = SyncedPolicy(fresh(tiny))
     config = LoopConfig(steps=4, groups_per_step=1, group_size=2, max_staleness=1,
                         rollout_workers=2, seed=1)
     trainer, reports = run(learner, config, generator=generator)
-    lags = [r.step - g.version for r in reports for g in r.groups]
-    assert max(lags) <= 1 and len(reports) == 4
-    assert any(lag == 1 for lag in lags), "sampling never overlapped an update"
+    assert_one_step_stale_at_most(reports, steps=4)
     for a, b in zip(generator.policy.model.parameters(), trainer.model.parameters(), strict=True):
         assert torch.equal(a, b), "the generator did not receive the last weights"
 
@@ -109,9 +113,7 @@ def test_async_training_can_share_the_learners_tensors_instead_of_copying_them(t
     config = LoopConfig(steps=4, groups_per_step=1, group_size=2, max_staleness=1,
                         rollout_workers=2, seed=1)
     trainer, reports = run(learner, config, generator=generator)
-    lags = [r.step - g.version for r in reports for g in r.groups]
-    assert max(lags) <= 1 and len(reports) == 4
-    assert any(lag == 1 for lag in lags), "sampling never overlapped an update"
+    assert_one_step_stale_at_most(reports, steps=4)
     assert trainer.weights_lock is generator.lock
     # Sampling in eval mode through its own module leaves the trainer's module as it was.
     learner.model.train()

@@ -178,7 +178,7 @@ try:
     while open("/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "T"):
         time.sleep(0.01)
 except FileNotFoundError:
-    pass
+    pass  # already reaped: as dead as it gets
 """
 
 
