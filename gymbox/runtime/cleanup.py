@@ -7,8 +7,9 @@ Three layers, each enough on its own for the case it covers:
 2. Crash of the host process (SIGKILL, OOM): the container's lease is not renewed, so its main
    process exits and the engine removes it (``auto_remove``) within ``SandboxSpec.lease_s``.
 3. Anything else (an engine restart, a lease file lost): :func:`reap` removes containers whose
-   owner process on this host is gone. It runs when a Docker backend first starts a sandbox and
-   from ``gymbox gc``.
+   owner process on this host is gone (a zombie counts as gone), and stopped containers the
+   engine did not auto-remove. It runs when a Docker backend first starts a sandbox and from
+   ``gymbox gc``.
 """
 
 from __future__ import annotations
@@ -37,13 +38,19 @@ _lock = threading.Lock()
 _hooks_installed = False
 
 
-def _process_start(pid: int) -> str:
-    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid apart."""
+def _process_stat(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name: state first, start time at index 19."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[19].decode()
+            return f.read().rsplit(b")", 1)[1].decode().split()
     except (OSError, IndexError):
-        return ""
+        return []
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a reused pid apart."""
+    fields = _process_stat(pid)
+    return fields[19] if len(fields) > 19 else ""
 
 
 def owner_labels(lease_s: float) -> dict[str, str]:
@@ -111,13 +118,17 @@ def owner_alive(labels: dict[str, str]) -> bool:
         pid = int(labels.get(f"{LABEL}.owner_pid", ""))
     except ValueError:
         return False
-    if not os.path.exists(f"/proc/{pid}"):
+    fields = _process_stat(pid)
+    if len(fields) <= 19 or fields[0] in ("Z", "X"):
+        # A zombie has exited: it can renew or remove nothing, however long its parent takes
+        # to reap it (Ray's raylet can take minutes for a worker it killed).
         return False
-    return _process_start(pid) == labels.get(f"{LABEL}.owner_start", "")
+    return fields[19] == labels.get(f"{LABEL}.owner_start", "")
 
 
 def reap(client: docker.DockerClient | None = None, *, everything: bool = False) -> list[Reaped]:
-    """Remove gymbox containers whose owner process on this host has exited.
+    """Remove gymbox containers whose owner process on this host has exited, and stopped ones
+    the engine failed to remove, whoever owns them.
 
     Containers made on other hosts are left alone (their own lease removes them) unless
     ``everything`` is true, which removes every gymbox container on the engine — including
@@ -139,6 +150,12 @@ def reap(client: docker.DockerClient | None = None, *, everything: bool = False)
             labels = container.get("Labels") or {}
             if everything:
                 reason = "asked to remove every gymbox container"
+            elif container.get("State") in ("exited", "dead"):
+                # Every gymbox container is auto-remove: one that stopped and is still here
+                # is one the engine failed to remove (it was down or restarting when the
+                # container stopped). Nothing can run in it again, whoever owns it.
+                reason = (f"it has {container['State']} and the engine did not remove it "
+                          "(the engine was down or restarting when it stopped?)")
             elif not owner_alive(labels):
                 reason = f"owner pid {labels.get(f'{LABEL}.owner_pid')} on this host has exited"
             else:

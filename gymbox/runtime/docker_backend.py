@@ -316,6 +316,9 @@ class DockerInstance:
                 raise
 
 
+_NEVER = object()
+
+
 class DockerBackend:
     """Runs sandboxes on a Docker engine (``DOCKER_HOST`` or the default socket).
 
@@ -332,7 +335,9 @@ class DockerBackend:
         self._client = client
         self.control_deadline_s = control_deadline_s
         self._client_lock = threading.Lock()
-        self._reaped = False
+        # The watch generation of the last reap: the first launch reaps, and the first launch
+        # after the engine came back reaps again (a restart can leave stopped containers).
+        self._reaped_in: int | None | object = _NEVER
         self._has_python: dict[str, bool] = {}
         self._watch: EngineWatch | None = None
 
@@ -366,10 +371,10 @@ class DockerBackend:
         client = await control_call(self._watched_client, doing="connecting to the engine",
                                     deadline_s=deadline)
         generation = self._watch.generation if self._watch is not None else None
-        if not self._reaped:
+        if generation != self._reaped_in:
             await control_call(lambda: cleanup.reap(client), doing="reaping leftovers",
                                deadline_s=deadline)
-            self._reaped = True
+            self._reaped_in = generation
         container_id = await control_call(lambda: self._create(client, spec),
                                           doing=f"creating a sandbox from {spec.image}",
                                           deadline_s=deadline)

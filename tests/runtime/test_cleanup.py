@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 
+import docker.errors
 import pytest
 
 from gymbox.runtime import DockerBackend, Sandbox, SandboxDied, SandboxSpec, reap
-from gymbox.runtime.cleanup import owner_labels
+from gymbox.runtime.cleanup import owner_alive, owner_labels
 
 pytestmark = pytest.mark.docker
 
@@ -99,3 +101,51 @@ def test_reaper_removes_containers_of_dead_owners_only(engine_client):
         assert exists(engine_client, live_id)
     finally:
         engine_client.api.remove_container(live_id, force=True)
+
+
+def test_reaper_removes_a_stopped_container_the_engine_did_not_remove(engine_client):
+    # Every gymbox container is auto-remove; one that stopped and stayed (its engine was down
+    # when it stopped) can never run again, even though its owner (this process) lives on.
+    host_config = engine_client.api.create_host_config(network_mode="none")
+    stopped, running = (engine_client.api.create_container(
+        "gymbox-sandbox:latest", command=command, labels=owner_labels(60),
+        host_config=host_config)["Id"] for command in (["true"], ["sleep", "60"]))
+    try:
+        for container_id in (stopped, running):
+            engine_client.api.start(container_id)
+        assert engine_client.api.wait(stopped, timeout=30)["StatusCode"] == 0
+        reaped = [r for r in reap(engine_client)
+                  if r.container_id in (stopped[:12], running[:12])]
+        assert [r.container_id for r in reaped] == [stopped[:12]]
+        assert "did not remove it" in reaped[0].reason
+        assert not exists(engine_client, stopped)
+        assert exists(engine_client, running)
+    finally:
+        for container_id in (stopped, running):
+            with contextlib.suppress(docker.errors.NotFound):
+                engine_client.api.remove_container(container_id, force=True)
+
+
+def test_an_owner_that_exited_is_dead_even_before_its_parent_reaps_it():
+    # A Ray worker killed by ray.kill stays a zombie until its raylet reaps it, which can take
+    # minutes: its containers must not wait for that.
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        with open(f"/proc/{child.pid}/stat", "rb") as f:
+            start = f.read().rsplit(b")", 1)[1].split()[19].decode()
+        labels = {**owner_labels(60), "gymbox.owner_pid": str(child.pid),
+                  "gymbox.owner_start": start}
+        assert owner_alive(labels)
+        child.stdin.close()  # the child exits; nobody waits for it yet: a zombie
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(f"/proc/{child.pid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+            time.sleep(0.05)
+        else:
+            pytest.fail("the child did not become a zombie")
+        assert not owner_alive(labels)
+    finally:
+        child.wait()

@@ -11,6 +11,7 @@ import pytest
 
 from gymbox.runtime import DockerBackend, Sandbox, SandboxPool, SandboxSpec
 from gymbox.runtime.attribution import Cause, attribute
+from gymbox.runtime.cleanup import owner_labels
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 from tests.runtime.conftest import OWNER_FILTER
@@ -89,4 +90,31 @@ async def test_an_engine_restarted_mid_call_is_infra_recovered_never_scored(extr
     finally:
         logger.removeHandler(verdicts)
         logger.level = level
+        client.close()
+
+
+async def test_the_first_launch_after_an_engine_restart_reaps_what_the_restart_left(
+        extra_engine):
+    """A restart can leave stopped containers that the engine did not auto-remove (it was down
+    when they stopped); the backend reaps again once it sees the engine come back."""
+    client = extra_engine.client()
+    backend = DockerBackend(client)
+    try:
+        await (await backend.launch(SandboxSpec())).destroy()  # the first launch reaps
+        await asyncio.to_thread(extra_engine.script, "kill", "1")
+        await asyncio.to_thread(extra_engine.script, "restart", "1")
+        left = client.api.create_container(
+            "gymbox-sandbox:latest", command=["true"], labels=owner_labels(60),
+            host_config=client.api.create_host_config(network_mode="none"))["Id"]
+        client.api.start(left)
+        client.api.wait(left, timeout=30)
+        # The backend learns of the restart from its event stream, which reconnects within a
+        # second or two of the engine answering.
+        deadline = time.monotonic() + 30
+        while client.api.containers(all=True, filters={"id": left}) and \
+                time.monotonic() < deadline:
+            await (await backend.launch(SandboxSpec())).destroy()
+            await asyncio.sleep(1.0)
+        assert client.api.containers(all=True, filters={"id": left}) == []
+    finally:
         client.close()
