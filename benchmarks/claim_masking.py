@@ -143,14 +143,15 @@ async def experiment(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     async with SandboxPool(size=args.pool) as clean:
         def make_clean() -> StoredNumber:
-            return StoredNumber(sandboxes=clean, tool_share=args.tool_share)
+            return StoredNumber(sandboxes=clean, divisor=args.divisor,
+                                tool_share=args.tool_share)
 
         for seed in seeds_of(args):
             # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
             policy = await warmed_up_policy(
                 args.model, make_clean, seed=0, cache_dir=Path(args.cache),
                 warmup=Warmup(args.warmup_steps, 8, args.warmup_lr),
-                name=f"stored_number-tool{args.tool_share:g}",
+                name=f"stored_number-d{args.divisor}-tool{args.tool_share:g}",
                 budget=schedule.budget, log=say)
             start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
             for rate, mode in plan_arms:
@@ -165,7 +166,8 @@ async def experiment(args: argparse.Namespace) -> dict:
 
                     def make_env(sandboxes=sandboxes, recover=mode == "recover") -> StoredNumber:
                         # The arms without recovery opt out of the env's safe default.
-                        return StoredNumber(sandboxes=sandboxes, recovery=recover)
+                        return StoredNumber(sandboxes=sandboxes, divisor=args.divisor,
+                                            recovery=recover)
 
                     def counters(sandboxes=sandboxes, injector=injector) -> dict[str, float]:
                         out = {"faults_injected": float(len(injector.log)),
@@ -275,6 +277,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.0, 0.1, 0.3])
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
+    parser.add_argument("--divisor", type=int, default=3,
+                        help="the task's divisor: answering 0 without the tool is right on "
+                             "1 - 1/divisor of the tasks")
     parser.add_argument("--tool-share", type=float, default=0.5,
                         help="share of the warm-up's expert episodes that call the tool")
     parser.add_argument("--groups-per-step", type=int, default=2)

@@ -337,7 +337,7 @@ class DockerBackend:
         self._client_lock = threading.Lock()
         # The watch generation of the last reap: the first launch reaps, and the first launch
         # after the engine came back reaps again (a restart can leave stopped containers).
-        self._reaped_in: int | None | object = _NEVER
+        self._reaped_in: object = _NEVER
         self._has_python: dict[str, bool] = {}
         self._watch: EngineWatch | None = None
 
