@@ -26,6 +26,7 @@ import torch
 
 from gymbox.agents.loop import Group, LoopConfig, StepReport, SyncedPolicy, run_loop
 from gymbox.agents.loss import ClipRange
+from gymbox.agents.memory import tune_malloc
 from gymbox.agents.policy import SamplingParams, TransformersPolicy
 from gymbox.agents.rollout import TURN_STOPS, Budget, Trajectory, rollout
 from gymbox.agents.trainer import PolicyTrainer, TrainerConfig
@@ -261,6 +262,9 @@ def run_and_report(claim: str, args: Any, experiment: Callable[[Any], Awaitable[
     if args.jobs > 1:
         results = _in_parallel(module, sys.argv[1:] if argv is None else argv, args)
     else:
+        # The settings `gymbox train` runs with: without them the embedded model's process
+        # grew past 12 GB in a Claim A run (heap fragmentation, docs/training.md).
+        tune_malloc()
         threads = torch.get_num_threads()
         try:
             results = asyncio.run(experiment(args))
