@@ -44,6 +44,7 @@ from benchmarks.experiments.harness import (
     run_and_report,
     save_partial,
     say,
+    seeds_caption,
     seeds_of,
     train_arm,
 )
@@ -234,8 +235,8 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, ncol=2)
     n = len({r["seed"] for r in results["runs"]})
-    fig.suptitle(f"Claim B: intrinsic rewards vs gold ({results['model']} policy, {n} seeds, "
-                 "mean ± 95% CI)", fontsize=11)
+    fig.suptitle(f"Claim B: intrinsic rewards vs gold ({results['model']} policy, "
+                 f"{seeds_caption(n)})", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

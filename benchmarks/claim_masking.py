@@ -50,6 +50,7 @@ from benchmarks.experiments.harness import (
     run_and_report,
     save_partial,
     say,
+    seeds_caption,
     seeds_of,
     train_arm,
 )
@@ -261,7 +262,7 @@ def plot(results: dict, path: Path) -> None:
         axes[0][col].legend(fontsize=8)
     n = len({r["seed"] for r in results["runs"]})
     fig.suptitle(f"Claim A: masking vs scoring failures as 0 ({results['model']} policy, "
-                 f"{n} seeds, mean ± 95% CI)", fontsize=11)
+                 f"{seeds_caption(n)})", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -177,8 +177,14 @@ def curve(runs: Sequence[Sequence[dict[str, float]]], key: str) -> tuple[list[fl
 
 
 def fmt_ci(values: Sequence[float]) -> str:
+    """``mean ± half-width``; a single run has no interval, so it prints the value alone."""
     mean, half = mean_ci(values)
-    return f"{mean:.3f} ± {half:.3f}"
+    return f"{mean:.3f}" if len(values) < 2 else f"{mean:.3f} ± {half:.3f}"
+
+
+def seeds_caption(n: int) -> str:
+    """What a plot's curves are: one run, or the mean ± 95 % CI of ``n``."""
+    return "1 seed" if n == 1 else f"{n} seeds, mean ± 95% CI"
 
 
 def json_safe(value: Any) -> Any:
