@@ -1,20 +1,24 @@
 """Claim A: scoring infrastructure failures as 0 pushes the policy off the tool; masking does not.
 
 The task (:class:`benchmarks.experiments.tasks.StoredNumber`): is the number in the sandbox's
-``n.txt`` divisible by 3? Testing it with the sandboxed ``check`` tool is always right (and
-is the only request an episode sends its sandbox); answering "0" without the tool is right on
-two tasks in three. The policy starts (after imitating an expert
-that does both) using the tool on about half the tasks, and GRPO decides between the two.
+``n.txt`` divisible by ``--divisor`` (3 by default)? Testing it with the sandboxed ``check``
+tool is always right (and is the only request an episode sends its sandbox); answering "0"
+without the tool is right on 1 - 1/divisor of the tasks (two in three at 3, half at 2). The
+policy starts (after imitating an expert that does both) using the tool on about half the
+tasks, and GRPO decides between the two.
 
 Each arm trains the same warmed-up policy with the same seeds, while the runtime's real
 :class:`~gymbox.runtime.faults.FaultInjector` strikes a share of the sandbox requests (killed
 container, killed supervisor, garbled or truncated response) in real Docker sandboxes:
 
 * ``recover`` — gymbox's default: :class:`~gymbox.runtime.recovery.RecoveringSandboxes`
-  recovers what it can (fresh sandbox, journal replay), masks the rest out of reward and loss;
-* ``mask`` — no recovery: every failed episode is masked;
-* ``zero`` — no recovery, and a failed episode is scored as reward 0, as several frameworks do
-  (its tokens, the tool call among them, stay in the loss with that reward).
+  recovers what it can (fresh sandbox, journal replay), and the loop re-plays a member that
+  still failed with a fresh sample (:class:`~gymbox.agents.groups.Rerun`); what is left is
+  masked out of reward and loss;
+* ``mask`` — no recovery and no re-play (:class:`~gymbox.agents.groups.KeepValid`): every
+  failed episode is masked;
+* ``zero`` — no recovery and no re-play, and a failed episode is scored as reward 0, as several
+  frameworks do (its tokens, the tool call among them, stay in the loss with that reward).
 
 At 0 % faults the three arms are the same run, so it is run once (``recover``). Held-out
 accuracy and the correct-tool-use rate are measured on clean sandboxes (no faults) every
@@ -56,6 +60,7 @@ from benchmarks.experiments.harness import (
 )
 from benchmarks.experiments.tasks import StoredNumber, used_tool
 from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
+from gymbox.agents.groups import GroupFailurePolicy, KeepValid, Rerun
 from gymbox.agents.loop import Group, StepReport
 from gymbox.agents.rollout import Trajectory
 from gymbox.rewards.advantages import GRPO
@@ -106,6 +111,13 @@ def scorer(mode: str, mix: RewardMix):
     return score
 
 
+def group_failures(mode: str) -> GroupFailurePolicy:
+    """What the loop does with a group's failed member: in ``recover`` gymbox's default (re-play
+    it once with a fresh sample); without recovery it stays failed, or the loop's re-play would
+    replace it and neither the mask nor the penalty would ever act."""
+    return Rerun() if mode == "recover" else KeepValid()
+
+
 def step_metrics(report: StepReport) -> dict[str, float]:
     flat = [t for g in report.groups for t in g.trajectories]
     valid = [t for t in flat if t.valid]
@@ -113,6 +125,7 @@ def step_metrics(report: StepReport) -> dict[str, float]:
         "reward": sum(t.reward.value for t in valid) / max(len(valid), 1),
         "valid_fraction": len(valid) / len(flat),
         "infra_failed": float(len(flat) - len(valid)),
+        "reruns": float(sum(g.reruns for g in report.groups)),
         "tool_attempt": sum(map(tool_attempted, flat)) / len(flat),
         "correct_tool_use": sum(map(correct_tool_use, flat)) / len(flat),
         "entropy": batch_entropy(flat),
@@ -183,6 +196,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                         label=label, policy=policy, make_env=make_env, make_eval_env=make_clean,
                         score=scorer(mode, mix), step_metrics=step_metrics, evaluate=evaluate,
                         schedule=schedule, seed=seed, extra=counters,
+                        group_failures=group_failures(mode),
                         summary=lambda r: (f"reward {r['reward']:.2f} valid "
                                            f"{r['valid_fraction']:.2f} tool "
                                            f"{r['tool_attempt']:.2f}"),

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from gymbox.agents.groups import GroupFailurePolicy
 from gymbox.agents.loop import Group, LoopConfig, StepReport, SyncedPolicy, run_loop
 from gymbox.agents.loss import ClipRange
 from gymbox.agents.memory import tune_malloc
@@ -97,11 +98,13 @@ async def train_arm(
     seed: int,
     summary: Callable[[dict[str, float]], str],
     extra: Callable[[], dict[str, float]] = dict,
+    group_failures: GroupFailurePolicy | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """Train ``policy`` in place for ``schedule.steps`` steps; returns (step rows, eval rows).
 
     ``summary`` turns a step row into the few numbers of its progress line; ``extra`` adds
-    counters read after each step (recovery metrics...).
+    counters read after each step (recovery metrics...); ``group_failures`` goes to
+    :func:`~gymbox.agents.loop.run_loop` (its default re-plays a failed member).
     """
     torch.manual_seed(seed)
     trainer = PolicyTrainer(policy.model, TrainerConfig(
@@ -134,7 +137,8 @@ async def train_arm(
                             group_size=schedule.group_size, rollout_workers=1, seed=seed)
         done += await run_loop(generator=generator, trainer=trainer, make_env=make_env,
                                score=score, config=config, sampling=sampling,
-                               budget=schedule.budget, on_step=on_step, first_step=done)
+                               budget=schedule.budget, on_step=on_step, first_step=done,
+                               group_failures=group_failures)
         await evaluate_now(done)
     return steps, evals
 

@@ -12,6 +12,7 @@ import torch
 
 from benchmarks import claim_masking
 from benchmarks.experiments.tasks import StoredNumber
+from gymbox.agents.groups import KeepValid, Rerun
 from gymbox.agents.loop import Group
 from gymbox.agents.rollout import Trajectory
 from gymbox.rewards.advantages import GRPO
@@ -77,6 +78,14 @@ def test_only_the_tool_touches_the_sandbox() -> None:
     assert read["status"] == "infra_failed"
 
 
+def test_only_gymbox_default_arm_replays_a_failed_member() -> None:
+    # The loop's default re-plays a failed member with a fresh sample; in the arms without
+    # recovery that would replace the very episodes the mask or the penalty is about.
+    assert isinstance(claim_masking.group_failures("recover"), Rerun)
+    assert isinstance(claim_masking.group_failures("mask"), KeepValid)
+    assert isinstance(claim_masking.group_failures("zero"), KeepValid)
+
+
 def test_arms_run_zero_faults_once() -> None:
     assert claim_masking.arms([0.0, 0.3], claim_masking.MODES) == [
         (0.0, "recover"), (0.3, "recover"), (0.3, "mask"), (0.3, "zero")]
@@ -104,6 +113,7 @@ def test_two_step_miniature_runs_with_real_faults(tmp_path: Path) -> None:
     zero, recover = runs["zero"]["steps"], runs["recover"]["steps"]
     assert zero[-1]["faults_injected"] == zero[-1]["requests"]
     assert sum(s["infra_failed"] for s in zero) == zero[-1]["requests"]  # one request each
+    assert sum(s["reruns"] for s in zero) == 0  # a failed member stays failed, and scored 0
     assert all(s["valid_fraction"] == 1 - s["infra_failed"] / 4 for s in zero)
     assert sum(s["infra_failed"] for s in recover) == 0
     assert recover[-1]["recovered"] == recover[-1]["faults_injected"]
