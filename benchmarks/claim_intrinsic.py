@@ -73,16 +73,19 @@ LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
 
 
 class NoiseReward:
-    """A control reward: N(0, 1) per member, drawn from the group's task seed (so a rerun draws
-    alike). On ``Addition`` the self-certainty and negative-entropy arms' group-relative
-    advantages carry almost no signal (docs/experiments.md, Claim B), and this arm shows what
-    such advantages alone do to the policy."""
+    """A control reward: N(0, 1) per member, from its own generator seeded with ``seed``, in
+    the order groups are scored (fixed by the loop), so a rerun of an arm draws alike. On
+    ``Addition`` the self-certainty and negative-entropy arms' group-relative advantages carry
+    almost no signal (docs/experiments.md, Claim B); this arm shows what such advantages alone
+    do to the policy."""
 
     intrinsic = False  # needs no label, but is no reward from the model either: not logged so
 
+    def __init__(self, seed: int = 1234) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
     def __call__(self, group: Sequence[Trajectory]) -> torch.Tensor:
-        seed = group[0].seed if group[0].seed is not None else 0
-        return torch.randn(len(group), generator=torch.Generator().manual_seed(seed))
+        return torch.randn(len(group), generator=self.generator)
 
 
 def terms_of(arm: str) -> dict[str, Term]:
