@@ -12,7 +12,9 @@ a middling accuracy, then each arm trains the same start with a different reward
   label (``RewardMix.labelled_fraction``), majority vote on the rest
   (:class:`~gymbox.rewards.mix.GoldWhereLabelled`);
 * ``guard`` — majority vote alone with an :class:`~gymbox.rewards.mix.EntropyGuard` (the
-  intrinsic weight backs off once the mean token entropy falls below half its start).
+  intrinsic weight backs off once the mean token entropy falls below half its start);
+* ``noise`` — a control, not part of the claim: N(0, 1) noise as the reward
+  (:class:`NoiseReward`), i.e. what an arm does when its advantages carry no signal.
 
 Per step it logs the mean token entropy, each intrinsic reward, the group agreement (share of a
 group giving its most common answer) and the training batch's accuracy; every
@@ -41,6 +43,7 @@ from benchmarks.experiments.harness import (
     batch_entropy,
     curve,
     fmt_ci,
+    masked_mean,
     run_and_report,
     save_partial,
     say,
@@ -52,7 +55,7 @@ from benchmarks.experiments.tasks import Addition
 from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
 from gymbox.agents.loop import Group, StepReport
 from gymbox.agents.rollout import Trajectory
-from gymbox.rewards.advantages import GRPO
+from gymbox.rewards.advantages import GRPO, DrGRPO
 from gymbox.rewards.mix import (
     Additive,
     EntropyGuard,
@@ -64,13 +67,32 @@ from gymbox.rewards.mix import (
 from gymbox.rewards.terms import Gold, make_term
 
 INTRINSIC = ("majority_vote", "self_certainty", "negative_entropy")
-ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard")
+ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard", "noise")
+ESTIMATORS = {"grpo": GRPO, "drgrpo": DrGRPO}
 LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
 """What every arm logs each step, whichever terms it trains on."""
 
 
+class NoiseReward:
+    """A control reward: N(0, 1) per member, from its own generator seeded with ``seed``, in
+    the order groups are scored (fixed by the loop), so a rerun of an arm draws alike. On
+    ``Addition`` the self-certainty and negative-entropy arms' group-relative advantages carry
+    almost no signal (docs/experiments.md, Claim B); this arm shows what such advantages alone
+    do to the policy."""
+
+    intrinsic = False  # needs no label, but is no reward from the model either: not logged so
+
+    def __init__(self, seed: int = 1234) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, group: Sequence[Trajectory]) -> torch.Tensor:
+        return torch.randn(len(group), generator=self.generator)
+
+
 def terms_of(arm: str) -> dict[str, Term]:
     """The arm's reward terms (gymbox.rewards.terms objects, weighted 1)."""
+    if arm == "noise":
+        return {"noise": Term(1.0, reward=NoiseReward())}
     if arm == "gold":
         return {"gold": Term(1.0, reward=Gold())}
     if arm in INTRINSIC or arm == "guard":
@@ -82,11 +104,15 @@ def terms_of(arm: str) -> dict[str, Term]:
     raise ValueError(f"unknown arm {arm!r}; choose from {', '.join(ARMS)}")
 
 
-def build_mix(arm: str) -> RewardMix:
-    """The arm's :class:`RewardMix`: its terms, which prompts have a label, the guard."""
+def build_mix(arm: str, estimator: str = "grpo") -> RewardMix:
+    """The arm's :class:`RewardMix`: its terms, which prompts have a label, the guard, and the
+    advantage estimator (``grpo`` or ``drgrpo``: GRPO without the division by the group's std).
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose from {', '.join(ESTIMATORS)}")
     fraction = int(arm[4:]) / 100 if arm.startswith("semi") else 1.0
     return RewardMix(
-        terms_of(arm), estimator=GRPO(min_valid=2),
+        terms_of(arm), estimator=ESTIMATORS[estimator](min_valid=2),
         applies=GoldWhereLabelled() if arm.startswith("semi") else Additive(),
         labelled_fraction=fraction,
         guard=EntropyGuard(fraction=0.5) if arm == "guard" else None)
@@ -99,6 +125,23 @@ def scorer(mix: RewardMix):
                          ids=[g.index for g in groups])
 
     return score
+
+
+def reward_spread(report: StepReport) -> dict[str, float]:
+    """``spread/<term>``: the mean over groups of the std of the term's rewards within a group
+    (over the members it scored). GRPO divides each group's advantages by this std, so a tiny
+    spread still gives unit-size advantages: it says how much signal the advantages carry."""
+    advantages = report.advantages
+    if not isinstance(advantages, MixedAdvantages):
+        return {}
+    sizes = [len(g.trajectories) for g in report.groups]
+    row = {}
+    for name, rewards in advantages.rewards.items():
+        spreads = [float(r[m].std()) for r, m in zip(rewards.split(sizes),
+                                                     advantages.applies[name].split(sizes),
+                                                     strict=True) if int(m.sum()) >= 2]
+        row[f"spread/{name}"] = sum(spreads) / len(spreads) if spreads else float("nan")
+    return row
 
 
 def step_metrics_for(mix: RewardMix):
@@ -120,19 +163,27 @@ def step_metrics_for(mix: RewardMix):
             "entropy": batch_entropy(flat),
             "intrinsic_weight": sum(report.advantages.weights[n] for n in intrinsic)
             if intrinsic else 0.0,
+            "advantage_abs": float(report.advantages.values[report.advantages.keep].abs().mean())
+            if bool(report.advantages.keep.any()) else 0.0,
         }
-        return row
+        return row | reward_spread(report)
 
     return step_metrics
 
 
 def evaluate(episodes: list[Trajectory]) -> dict[str, float]:
+    """Held-out metrics. ``entropy`` and ``self_certainty`` are the two intrinsic rewards'
+    token means on these fixed prompts: unlike the training batches' values, they do not move
+    with which prompts a step happened to draw."""
     answers = [t.answer.strip() for t in episodes if t.answer is not None]
     most_common = Counter(answers).most_common(1)[0][1] if answers else 0
     return {
         "accuracy": sum(t.valid and t.reward.value >= 1.0 for t in episodes) / len(episodes),
         "mode_share": most_common / len(episodes),
         "answered": len(answers) / len(episodes),
+        "entropy": batch_entropy(episodes),
+        "self_certainty": sum(masked_mean(t.self_certainty, t.loss_mask) for t in episodes)
+        / len(episodes),
     }
 
 
@@ -145,8 +196,10 @@ async def experiment(args: argparse.Namespace) -> dict:
     say(f"claim B (intrinsic collapse): policy {args.model} "
         f"({DESCRIPTIONS[args.model]}); "
         f"arms {', '.join(args.arms)} × {args.seeds} seeds × {args.steps} steps, "
-        f"{schedule.groups_per_step}×{schedule.group_size} episodes/step")
-    results: dict = {"model": args.model, "schedule": vars(schedule), "runs": []}
+        f"{schedule.groups_per_step}×{schedule.group_size} episodes/step, "
+        f"estimator {args.estimator}")
+    results: dict = {"model": args.model, "schedule": vars(schedule), "runs": [],
+                     "estimator": args.estimator}
     started = time.perf_counter()
 
     def make_env() -> Addition:
@@ -161,7 +214,7 @@ async def experiment(args: argparse.Namespace) -> dict:
     for seed in seeds_of(args):
         for arm in args.arms:
             policy.model.load_state_dict(start_state)
-            mix = build_mix(arm)
+            mix = build_mix(arm, args.estimator)
             arm_started = time.perf_counter()
             steps, evals = await train_arm(
                 label=f"B {arm:<14} seed {seed}", policy=policy, make_env=make_env,
@@ -216,7 +269,7 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     arms = [a for a in ARMS if any(r["arm"] == a for r in results["runs"])]
     colours = dict(zip(ARMS, ("black", "tab:red", "tab:orange", "tab:purple", "tab:cyan",
-                              "tab:blue", "tab:green"), strict=True))
+                              "tab:blue", "tab:green", "tab:gray"), strict=True))
     for ax, (source, key, title) in zip(axes.flat, panels, strict=True):
         for arm in arms:
             runs = [r[source] for r in results["runs"] if r["arm"] == arm]
@@ -249,13 +302,17 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
     add_seed_options(parser)
     parser.add_argument("--steps", type=int, default=40, help="RL steps per arm (>= 1)")
-    parser.add_argument("--arms", type=lambda s: s.split(","), default=list(ARMS))
+    parser.add_argument("--arms", type=lambda s: s.split(","),
+                        default=[a for a in ARMS if a != "noise"],
+                        help="comma-separated; default every arm but the noise control")
     parser.add_argument("--operands", type=int, default=10,
                         help="values per operand (10: one-digit a + b)")
     parser.add_argument("--groups-per-step", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)
     parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--estimator", choices=tuple(ESTIMATORS), default="grpo",
+                        help="advantage estimator of every arm (drgrpo: no std division)")
     parser.add_argument("--lr", type=float, default=None,
                         help="RL learning rate (default 1e-3 tiny, 1e-5 embedded)")
     parser.add_argument("--warmup-steps", type=int, default=None,
