@@ -130,9 +130,9 @@ def reap(client: docker.DockerClient | None = None, *, everything: bool = False)
     """Remove gymbox containers whose owner process on this host has exited, and stopped ones
     the engine failed to remove, whoever owns them.
 
-    Containers made on other hosts are left alone (their own lease removes them) unless
-    ``everything`` is true, which removes every gymbox container on the engine — including
-    those of live runs; ``gymbox gc --all`` uses it.
+    Running containers made on other hosts are left alone (their own lease removes them)
+    unless ``everything`` is true, which removes every gymbox container on the engine —
+    including those of live runs; ``gymbox gc --all`` uses it.
 
     Raises:
         EngineUnavailable: no engine answers.
