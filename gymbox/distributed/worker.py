@@ -169,7 +169,7 @@ def gymbox_containers(engine: EngineConfig) -> list[dict[str, str]]:
     """The labels of every gymbox container on ``engine`` (for leak checks)."""
     client = engine.connect(timeout=30)
     try:
-        listed = client.api.containers(all=True, filters={"label": f"{cleanup.LABEL}=1"})
-        return [dict(c.get("Labels") or {}, id=c["Id"][:12]) for c in listed]
+        return [dict(c.get("Labels") or {}, id=c["Id"][:12])
+                for c in cleanup.gymbox_containers(client)]
     finally:
         client.close()

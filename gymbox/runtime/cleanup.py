@@ -126,6 +126,25 @@ def owner_alive(labels: dict[str, str]) -> bool:
     return fields[19] == labels.get(f"{LABEL}.owner_start", "")
 
 
+def gymbox_containers(client: docker.DockerClient,
+                      filters: dict[str, str] | None = None) -> list[dict]:
+    """The engine's gymbox containers (its listing's rows), leaving out ghosts.
+
+    A ghost is a row the engine lists but cannot find: after an engine is SIGKILLed while a
+    container is being created or started, Docker 20.10 can list that container after its
+    restart while inspecting or removing it answers 404, until the engine restarts again. It
+    holds no process and nothing can remove it, so it is no leak of ours."""
+    rows = client.api.containers(all=True, filters={"label": f"{LABEL}=1", **(filters or {})})
+    found = []
+    for row in rows:
+        try:
+            client.api.inspect_container(row["Id"])
+        except docker.errors.NotFound:
+            continue
+        found.append(row)
+    return found
+
+
 def reap(client: docker.DockerClient | None = None, *, everything: bool = False) -> list[Reaped]:
     """Remove gymbox containers whose owner process on this host has exited, and stopped ones
     the engine failed to remove, whoever owns them.
@@ -146,7 +165,7 @@ def reap(client: docker.DockerClient | None = None, *, everything: bool = False)
     client = client or engine.connect()
     try:
         removed = []
-        for container in client.api.containers(all=True, filters={"label": f"{LABEL}=1"}):
+        for container in gymbox_containers(client):
             labels = container.get("Labels") or {}
             if everything:
                 reason = "asked to remove every gymbox container"

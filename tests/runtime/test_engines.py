@@ -11,7 +11,7 @@ import pytest
 
 from gymbox.runtime import DockerBackend, Sandbox, SandboxPool, SandboxSpec
 from gymbox.runtime.attribution import Cause, attribute
-from gymbox.runtime.cleanup import owner_labels
+from gymbox.runtime.cleanup import gymbox_containers, owner_labels
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 from tests.runtime.conftest import OWNER_FILTER
@@ -83,10 +83,9 @@ async def test_an_engine_restarted_mid_call_is_infra_recovered_never_scored(extr
         assert sum(metrics.recovered.values()) + sum(metrics.masked.values()) >= 1, metrics
         assert any("the engine went away" in v for v in verdicts.lines), verdicts.lines
         deadline = time.monotonic() + RESTART_CLEANUP_S
-        while client.api.containers(all=True, filters=OWNER_FILTER) and \
-                time.monotonic() < deadline:
+        while gymbox_containers(client, OWNER_FILTER) and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
-        assert client.api.containers(all=True, filters=OWNER_FILTER) == []
+        assert gymbox_containers(client, OWNER_FILTER) == []
     finally:
         logger.removeHandler(verdicts)
         logger.level = level
