@@ -43,7 +43,6 @@ from benchmarks.experiments.harness import (
     batch_entropy,
     curve,
     fmt_ci,
-    masked_mean,
     run_and_report,
     save_partial,
     say,
@@ -182,8 +181,7 @@ def evaluate(episodes: list[Trajectory]) -> dict[str, float]:
         "mode_share": most_common / len(episodes),
         "answered": len(answers) / len(episodes),
         "entropy": batch_entropy(episodes),
-        "self_certainty": sum(masked_mean(t.self_certainty, t.loss_mask) for t in episodes)
-        / len(episodes),
+        "self_certainty": float(LOGGED["self_certainty"](episodes).mean()),
     }
 
 

@@ -316,9 +316,6 @@ class DockerInstance:
                 raise
 
 
-_NEVER = object()
-
-
 class DockerBackend:
     """Runs sandboxes on a Docker engine (``DOCKER_HOST`` or the default socket).
 
@@ -337,7 +334,7 @@ class DockerBackend:
         self._client_lock = threading.Lock()
         # The watch generation of the last reap: the first launch reaps, and the first launch
         # after the engine came back reaps again (a restart can leave stopped containers).
-        self._reaped_in: object = _NEVER
+        self._reaped_in: int | None = -1  # a generation the watch never has: not yet
         self._has_python: dict[str, bool] = {}
         self._watch: EngineWatch | None = None
 

@@ -172,13 +172,11 @@ async def test_commands_run_as_the_agent_from_a_spawner_the_agent_cannot_take_ov
 # spawner is still dying would find it alive and lose its status (a kill at that moment is one
 # mid-command).
 SIGNAL_SPAWNER = """
-import os, signal, time
+import contextlib, os, signal, time
 os.kill({pid}, signal.{sig})
-try:
+with contextlib.suppress(FileNotFoundError):  # already reaped: as dead as it gets
     while open("/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] not in ("Z", "T"):
         time.sleep(0.01)
-except FileNotFoundError:
-    pass  # already reaped: as dead as it gets
 """
 
 
