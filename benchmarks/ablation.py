@@ -21,6 +21,8 @@ W imitation steps that the RL arms start from).
 
     python benchmarks/ablation.py                         # 3 seeds, 32 held-out tasks each
     python benchmarks/ablation.py --seeds 0 1 --episodes 16 --set loop.steps=4
+    # an expert the student cannot copy and succeed (docs/training.md)
+    python benchmarks/ablation.py --set 'env_kwargs={"expert": "mental"}' --out runs/ablation-mental
 """
 
 from __future__ import annotations
@@ -35,28 +37,33 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+if TYPE_CHECKING:
+    from gymbox.agents.evaluate import EvalResult
 
-Outcome = tuple[float, float | None]
-"""An arm's held-out accuracy at the end, and after the first W imitation steps (RL arms)."""
+
+ARMS = ("main job", "gold RL", "imitation")
+Outcome = tuple["EvalResult", "EvalResult | None"]
+"""An arm's held-out evaluation at the end, and after the first W imitation steps (RL arms)."""
 
 
 def _imitation_only(config) -> Outcome:
-    """W + S imitation steps through the run's own warm-up phase; its held-out accuracy."""
+    """W + S imitation steps through the run's own warm-up phase; its held-out evaluation."""
     from gymbox.agents.supply import env_supply
     from gymbox.agents.train import Log, Run
 
     run = Run.start(config, Log())
 
-    async def session() -> float:
+    async def session() -> EvalResult:
         at_once = max(config.loop.group_size * config.loop.rollout_workers, config.eval.episodes)
         async with env_supply(config, episodes_at_once=at_once) as supply:
             run.supply = supply
             await run.warm_up()
-        return run.results["after warm-up"].accuracy
+        return run.results["after warm-up"]
 
     with run.files():
         return asyncio.run(session()), None
@@ -67,7 +74,7 @@ def _rl(config) -> Outcome:
 
     summary = train(config, evaluate_before=False)
     assert summary.after is not None and summary.after_warmup is not None
-    return summary.after.accuracy, summary.after_warmup.accuracy
+    return summary.after, summary.after_warmup
 
 
 def _mean_se(values: list[float]) -> tuple[float, float]:
@@ -80,18 +87,21 @@ def _pm(mean: float, se: float) -> str:
     return f"{mean:+.3f}" if math.isnan(se) else f"{mean:+.3f} ± {se:.3f}"
 
 
-def _table(results: dict[str, dict[int, float]], seeds: list[int]) -> list[str]:
-    lines = ["| arm | accuracy (mean ± s.e.) | Δ vs imitation (± s.e.) | verdict |",
-             "|---|---|---|---|"]
+def _table(results: dict[str, dict[int, float]], tool_use: dict[str, dict[int, float]],
+           seeds: list[int]) -> list[str]:
+    lines = ["| arm | accuracy (mean ± s.e.) | Δ vs imitation (± s.e.) | verdict | a tool ran in |",
+             "|---|---|---|---|---|"]
     for name, by_seed in results.items():
         mean, se = _mean_se([by_seed[s] for s in seeds])
         delta, verdict = "", ""
-        if name != "imitation":
+        if name != "imitation" and "imitation" in results:
             d, d_se = _mean_se([by_seed[s] - results["imitation"][s] for s in seeds])
             delta = _pm(d, d_se)
             verdict = ("larger than its noise" if abs(d) > 2 * d_se else
                        "within noise" if len(seeds) > 1 else "one seed: noise unknown")
-        lines.append(f"| {name} | {_pm(mean, se).lstrip('+')} | {delta} | {verdict} |")
+        used = statistics.fmean(tool_use[name][s] for s in seeds)
+        lines.append(f"| {name} | {_pm(mean, se).lstrip('+')} | {delta} | {verdict} "
+                     f"| {used:.0%} |")
     return lines
 
 
@@ -131,6 +141,8 @@ def main() -> int:
     parser.add_argument("--out", default="runs/ablation", help="where runs and results go")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override the main job's config in every arm")
+    parser.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS),
+                        help="run only these arms (the table compares to imitation if run)")
     args = parser.parse_args()
 
     from gymbox.agents.run_config import TrainConfig
@@ -143,13 +155,15 @@ def main() -> int:
     warm, rl = base.warmup.sft_steps, base.loop.steps
     # The main job runs first: its metrics rows (per-step RSS and peak) are then its own,
     # measured before any other arm ran in this process.
-    arms = {
+    every_arm = {
         "main job": (_rl, []),
         "gold RL": (_rl, ['reward.terms={"gold": {}}', 'reward.mixing="additive"',
                           "reward.labelled_fraction=1.0", "reward.guard.enabled=false"]),
         "imitation": (_imitation_only, [f"warmup.sft_steps={warm + rl}"]),
     }
+    arms = {name: every_arm[name] for name in ARMS if name in args.arms}
     results: dict[str, dict[int, float]] = {name: {} for name in arms}
+    tool_use: dict[str, dict[int, float]] = {name: {} for name in arms}
     starts: list[float] = []
     started = time.perf_counter()
     total = len(arms) * len(args.seeds)
@@ -162,23 +176,25 @@ def main() -> int:
             config = apply_overrides(base, [*overrides, f"loop.seed={seed}",
                                             f"run_dir={json.dumps(str(run_dir))}"])
             t0 = time.perf_counter()
-            results[name][seed], start = run(config)
+            end, start = run(config)
+            results[name][seed], tool_use[name][seed] = end.accuracy, end.tool_use
             if start is not None:
-                starts.append(start)
-            print(f"[ablation] seed {seed} {name}: accuracy {results[name][seed]:.3f} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+                starts.append(start.accuracy)
+            print(f"[ablation] seed {seed} {name}: accuracy {end.accuracy:.3f}, a tool ran in "
+                  f"{end.tool_use:.0%} ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     n = len(args.seeds)
     title = (f"{len(arms)} arms × {n} seed{'s' * (n > 1)}, {args.episodes} held-out tasks each; "
              f"W = {warm} imitation + S = {rl} RL steps ({warm + rl} steps per arm)")
     wall = time.perf_counter() - started
-    table = _table(results, args.seeds)
+    table = _table(results, tool_use, args.seeds)
     print(f"\n{title}; {wall:.0f} s in all, load average {os.getloadavg()[0]:.1f}")
     print("\n".join(table))
     (out / "ablation.md").write_text(f"{title}; {wall:.0f} s in all\n\n" + "\n".join(table) + "\n")
     (out / "ablation.json").write_text(json.dumps(
         {"title": title, "seeds": args.seeds, "episodes": args.episodes, "wall_s": wall,
-         "accuracy": results, "start_after_imitation": starts}, indent=2))
+         "accuracy": results, "tool_use": tool_use, "start_after_imitation": starts},
+        indent=2))
     _plot(results, starts, args.seeds, title, out / "ablation.png")
     print(f"table: {out / 'ablation.md'}; plot: {out / 'ablation.png'}")
     return 0

@@ -31,6 +31,9 @@ class EvalResult:
         k: the k of ``pass_at_k``.
         valid_fraction: the share of greedy episodes the infrastructure did not break.
         episodes: held-out tasks.
+        tool_use: the share of valid greedy episodes in which a tool ran (a call the env
+            could parse and route, whatever its result): on a tool env, whether the policy
+            uses its tools at all.
     """
 
     accuracy: float
@@ -38,6 +41,7 @@ class EvalResult:
     k: int
     valid_fraction: float
     episodes: int
+    tool_use: float
 
 
 async def evaluate(
@@ -56,6 +60,7 @@ async def evaluate(
         trajectories = await rollout(policy, envs, seeds=seeds, sampling=greedy, budget=budget)
         valid = [t for t in trajectories if t.valid]
         accuracy = sum(t.reward.value >= 1.0 for t in valid) / max(len(valid), 1)
+        tool_use = sum(t.ran_a_tool for t in valid) / max(len(valid), 1)
         pass_at_k = accuracy
         if config.k > 1:
             sampled = replace(sampling, temperature=1.0, top_p=1.0, seed=config.first_seed)
@@ -69,7 +74,8 @@ async def evaluate(
     finally:
         for env in envs:
             await env.aclose()
-    return EvalResult(accuracy, pass_at_k, config.k, len(valid) / len(trajectories), len(seeds))
+    return EvalResult(accuracy, pass_at_k, config.k, len(valid) / len(trajectories), len(seeds),
+                      tool_use)
 
 
 def _pass_at_k(n: int, c: int, k: int) -> float:

@@ -23,6 +23,7 @@ METRICS_FILE = "metrics.jsonl"
 # or without intrinsic terms shows no empty panel.
 PANELS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("held-out accuracy", "accuracy (greedy)", ("eval/base", "eval/accuracy")),
+    ("held-out episodes in which a tool ran", "share (greedy)", ("eval/tool_use",)),
     ("reward by term (mean over the samples it covers)", "reward", ("reward/",)),
     ("training episodes the env's verifier passed (all tasks)", "share", ("gold",)),
     ("term weights (schedule × entropy guard)", "weight", ("weight/",)),

@@ -139,6 +139,12 @@ class Trajectory:
     def model_tokens(self) -> int:
         return sum(self.loss_mask)
 
+    @property
+    def ran_a_tool(self) -> bool:
+        """True when one of the model's calls reached a tool (whatever the tool answered); a
+        call the env could not parse is answered by a tool message named ``"error"``."""
+        return any(m["role"] == "tool" and m.get("name") != "error" for m in self.messages)
+
 
 class ChatFormat:
     """Renders a conversation with a tokenizer's chat template, tools included.

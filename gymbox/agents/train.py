@@ -301,9 +301,11 @@ class Run:
         self.results[label] = result
         key = "eval/base" if label == "before" else "eval/accuracy"
         self._write(step, {key: result.accuracy, "eval/valid_fraction": result.valid_fraction,
+                           "eval/tool_use": result.tool_use,
                            **({"eval/pass_at_k": result.pass_at_k} if result.k > 1 else {})})
         self.log(f"eval {label}: accuracy {result.accuracy:.3f} on {result.episodes} held-out "
-                 f"tasks (valid {result.valid_fraction:.0%}) in {took:.1f} s")
+                 f"tasks (valid {result.valid_fraction:.0%}, a tool ran in "
+                 f"{result.tool_use:.0%}) in {took:.1f} s")
         release_memory()
         return result
 

@@ -61,6 +61,22 @@ async def test_demonstrations_are_trajectories_whose_mask_covers_exactly_the_exp
 
 
 @pytest.mark.docker
+async def test_the_mental_expert_answers_sums_at_once_and_runs_the_tool_for_products(tiny):
+    seeds = range(8)
+    async with SandboxPool(size=4) as pool:
+        envs = [PythonCalc(sandboxes=pool, expert="mental") for _ in seeds]
+        played = await demonstrate(tiny.tokenizer, envs, seeds=list(seeds), budget=BUDGET)
+        expressions = [env.task.data["expression"] for env in envs]
+        for env in envs:
+            await env.aclose()
+    assert all(t.reward.value == 1.0 for t in played)  # right either way: all kept for imitation
+    products = ["*" in e for e in expressions]
+    assert [t.ran_a_tool for t in played] == products
+    assert [t.turns for t in played] == [2 if p else 1 for p in products]
+    assert 0 < sum(products) < len(products)  # these seeds draw both kinds
+
+
+@pytest.mark.docker
 async def test_imitating_the_expert_moves_the_loss_down(tiny):
     trainer = fresh_trainer(tiny, 1e-2)
     async with SandboxPool(size=4) as pool:
