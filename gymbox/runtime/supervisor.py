@@ -29,6 +29,9 @@ Answers produced in one loop turn leave in one write. Per command:
 * its exit is seen through a pidfd, so a background child holding the output pipes cannot make
   the command look alive; at exit its whole session is killed, and when no other command is
   running every leftover process of the agent's uid is swept;
+* a start (command, interpreter, file operation) that finds the pids limit full of processes
+  the supervisor killed that have not yet exited or been reaped (a fork bomb's, on a loaded
+  machine) waits for them from a timer, within the call's own timeout, then starts;
 * at the deadline the process group gets SIGTERM, after the grace period the session gets
   SIGKILL;
 * stdout and stderr are read as they come and capped: the head and the tail are kept, the byte
@@ -82,6 +85,17 @@ KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's 
 # pids limit full: on a loaded machine the next command then failed to start ("the sandbox's
 # process limit is reached"). Kept well under the host's backstop margin.
 REAP_WAIT_S = 1.0
+# What a start does when the killed are slower still (a loaded machine, a throttled CPU quota:
+# a killed process keeps its pid until it has run to its exit and been reaped). A start that
+# meets the pids limit (EAGAIN), or that would find fewer than PIDS_HEADROOM pids free, while
+# processes the supervisor killed are still on their way out waits for them, retrying every
+# PIDS_RETRY_S from a timer (the loop serves meanwhile), within the call's own timeout: the wait
+# comes out of the agent's call. PIDS_HEADROOM is what a command's first forks need (a shell, a
+# pipeline): a start that succeeded into a full limit would fail in the agent's own forks.
+PIDS_RETRY_S = 0.05
+PIDS_HEADROOM = 16
+PF_EXITING = 0x4  # /proc/<pid>/stat flags: the process is in its exit
+SIGKILL_PENDING = 1 << (signal.SIGKILL - 1)  # in /proc/<pid>/stat's mask: sent, not acted on
 FIRST_PID = 100  # where the supervisor's own threads, then the agent's processes, start
 # A spawn request larger than this (a huge argv or env) takes the Popen path instead.
 SPAWN_MESSAGE_MAX = 1 << 16
@@ -361,6 +375,9 @@ class Supervisor:
         self.file_ops = set()
         self.stopping = False
         self.spawning = 0
+        self.killed = set()  # pids we SIGKILLed that were not yet seen gone (see hold_start)
+        self.held = 0  # starts waiting for the killed to free their pids
+        self.cell_held = False  # the next cell waits for pids before its interpreter starts
         self.spawn_jobs = queue.SimpleQueue()
         self.spawned = collections.deque()
         self.wake_r, self.wake_w = os.pipe()
@@ -465,7 +482,7 @@ class Supervisor:
                 self.cells.append(request)
                 self.next_cell()
             elif op in ("write", "read", "list"):
-                FileOp(self, rid, request)
+                self.file_op(rid, request)
             elif op == "lease":
                 self.renew(request["seconds"])
                 self.reply(rid, {})
@@ -493,7 +510,8 @@ class Supervisor:
         """While agent code runs, a pressure report every HEARTBEAT_S: if the agent takes the
         supervisor down, the host knows how full the sandbox was just before."""
         self.heartbeat_armed = False
-        if self.commands or self.spawning or (self.interpreter and self.interpreter.cell):
+        if (self.commands or self.spawning or self.held
+                or (self.interpreter and self.interpreter.cell)):
             self.send({"id": 0, "event": "pressure", "pressure": self.gauges.report()})
             self.arm_heartbeat()
             if self.spawner is not None and self.spawner.stopped():
@@ -581,6 +599,7 @@ class Supervisor:
         rounds = 0
         while True:
             victims = [pid for pid in list_pids() if pid not in keep and match(pid)]
+            self.killed.update(victims)  # what outlasts the wait holds pids: see hold_start
             if rounds >= KILL_ROUNDS:
                 victims = [pid for pid in victims if parent_of(pid) != me]
             if not victims:
@@ -602,6 +621,54 @@ class Supervisor:
 
     def oom_kills(self):
         return read_oom_kills(self.oom_path) if self.oom_path else None
+
+    def hold_start(self, deadline, retry, failed=None):
+        """Whether a start waits for the pids that processes we killed still hold: True when
+        ``retry`` (the start again) is set to run from a timer. ``failed`` is the OSError of the
+        start just tried, None before a first try. The loop serves meanwhile: heartbeats, other
+        requests, the lease, and the reaping of our own killed children.
+
+        It waits only for the killed: a zombie, a process in its exit, or one with SIGKILL still
+        pending (under load it may not run for seconds), each releases its pid soon. Before a
+        try it waits when fewer than PIDS_HEADROOM pids are free; after an EAGAIN, while any is
+        left or the limit has room again. The limit held by the live processes of commands
+        still running is nothing to wait for: the answer is the same "process limit reached"
+        as ever, at once. Past ``deadline`` (the call's own) nothing waits: a start tries, and
+        a failure then is the answer."""
+        if failed is None and not self.killed:
+            return False  # every start asks: nothing killed is pending, at the cost of a test
+        if failed is not None and failed.errno != errno.EAGAIN:
+            return False
+        now = time.monotonic()
+        if now >= deadline:
+            return False
+        used, cap = self.gauges.number("pids"), self.gauges.number("pids_max")
+        free = None if used is None or cap is None else cap - used
+        if failed is None:
+            if free is None or free >= PIDS_HEADROOM or not self.draining():
+                return False
+        elif (not self.draining() and not (free is not None and free > 0)
+              and not (self.idle() and self.sweep() and self.draining())):
+            # Full (room again would mean the try raced the drain: it is tried again), and
+            # nothing we killed is on its way out. While commands run, their live processes hold
+            # it: nothing to wait for. When nothing runs, live leftovers that outran the last
+            # sweep (a fork bomb on a starved CPU) would: they were swept just now, as leftovers
+            # are when nothing runs, and their exits are waited for; none were found.
+            return False
+
+        def again():
+            self.held -= 1
+            retry()
+
+        self.held += 1
+        self.at(min(now + PIDS_RETRY_S, deadline), again)
+        self.arm_heartbeat()  # the host's evidence of the full limit while the call waits
+        return True
+
+    def draining(self):
+        """Forget the killed that are gone; True while any is still on its way out."""
+        self.killed = {pid for pid in self.killed if on_its_way_out(pid)}
+        return bool(self.killed)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -625,6 +692,9 @@ class Supervisor:
         errors): alone, that wait costs less than a hand-off; with commands in flight, the loop
         must not wait."""
         started = time.monotonic() if started is None else started
+        if self.hold_start(started + request["timeout"],
+                           lambda: self.start_command(rid, request, started)):
+            return
         self.arm_heartbeat()
         spawner = self.get_spawner()
         if spawner is not None and spawner.start(rid, request, started):
@@ -649,13 +719,13 @@ class Supervisor:
         return env
 
     def launch(self, request, started):
-        """The Popen path: a started ``Popen`` with our ends of its pipes, or the result of a
-        command that could not start."""
+        """The Popen path: a started ``Popen`` with our ends of its pipes, or why the command
+        could not start (an OSError, or a Refusal)."""
         cwd = request.get("cwd") or self.workdir
         try:
             pipes = Pipes(self, request.get("stdin") is not None)
         except OSError as exc:
-            return spawn_failure(request["argv"][0], cwd, exc, started)
+            return exc
         try:
             proc = subprocess.Popen(
                 request["argv"], cwd=cwd, env=self.command_env(request), stdin=pipes.child[0],
@@ -663,7 +733,7 @@ class Supervisor:
                 preexec_fn=self.become_agent)
         except OSError as exc:
             pipes.close()
-            return spawn_failure(request["argv"][0], cwd, exc, started)
+            return exc
         except ValueError as exc:  # e.g. a string the OS cannot take (the host checks first)
             pipes.close()
             return Refusal(f"the command cannot be started: {exc}")
@@ -681,29 +751,60 @@ class Supervisor:
         if isinstance(outcome, Refusal):
             self.fail(rid, "InvalidRequest", outcome.message)
             return
-        if isinstance(outcome, dict):
-            self.reply(rid, outcome)
+        if isinstance(outcome, OSError):
+            self.start_failed(rid, request, started, outcome)
             return
         proc, pipes = outcome
         command = Command(self, rid, request, started, pipes)
         command.attach(proc.pid, os.pidfd_open(proc.pid), proc=proc)
 
-    def next_cell(self):
-        if not self.cells or (self.interpreter and self.interpreter.cell):
+    def start_failed(self, rid, request, started, exc):
+        """A command could not start (either path): it starts again once the killed have
+        freed their pids (``hold_start``), or the answer is exit 126 or 127, as a shell's."""
+        if self.hold_start(started + request["timeout"],
+                           lambda: self.start_command(rid, request, started), failed=exc):
             return
-        request = self.cells.pop(0)
+        self.reply(rid, spawn_failure(request["argv"][0], request.get("cwd") or self.workdir,
+                                      exc, started))
+
+    def next_cell(self):
+        if not self.cells or self.cell_held or (self.interpreter and self.interpreter.cell):
+            return
+        request = self.cells[0]
         reset = self.interpreter_lost
         if self.interpreter is None:
+            # A cell's clock starts when it is taken up; a wait for pids comes out of it.
+            since = request.get("held_since") or time.monotonic()
+            deadline = since + request["timeout"]
+            if self.hold_start(deadline, self.retry_cell):
+                self.cell_held, request["held_since"] = True, since
+                return
             try:
                 self.interpreter = Interpreter(self)
             except OSError as exc:
-                self.reply(request["id"], spawn_failure(self.python, self.workdir, exc,
-                                                        time.monotonic()))
+                if self.hold_start(deadline, self.retry_cell, failed=exc):
+                    self.cell_held, request["held_since"] = True, since
+                    return
+                self.cells.pop(0)
+                self.reply(request["id"], spawn_failure(self.python, self.workdir, exc, since))
                 self.next_cell()
                 return
+        self.cells.pop(0)
         self.interpreter_lost = False
         self.arm_heartbeat()
         self.interpreter.run_cell(request, reset)
+
+    def retry_cell(self):
+        self.cell_held = False
+        self.next_cell()
+
+    def file_op(self, rid, request, since=None):
+        """Start a file operation (a forked child), unless it waits for pids (``hold_start``)
+        within its own timeout, FILE_OP_TIMEOUT_S from when it came."""
+        since = time.monotonic() if since is None else since
+        if not self.hold_start(since + FILE_OP_TIMEOUT_S,
+                               lambda: self.file_op(rid, request, since)):
+            FileOp(self, rid, request, since)
 
 
 class Refusal:
@@ -808,6 +909,19 @@ def check_child(pid, pidfd, spawner, uid):
         return None
     ours = ppid == os.getpid() or pid == spawner
     return True if (sid == pid and not ours and uids == [uid] * 4) else None
+
+
+def on_its_way_out(pid):
+    """Whether ``pid`` is dying: a zombie not yet reaped, a process in its exit, or one with
+    SIGKILL pending that has not yet run to act on it. False when it is gone, or when its pid
+    now names a live process (reused)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        state, flags, pending = fields[0], int(fields[6]), int(fields[28])
+    except (OSError, IndexError, ValueError):
+        return False
+    return state in (b"Z", b"X") or bool(flags & PF_EXITING or pending & SIGKILL_PENDING)
 
 
 def session_of(pid):
@@ -989,13 +1103,10 @@ class Command:
         self.withdraw()
         self.sup.start_command(self.rid, self.request, self.started)
 
-    def abandon(self, outcome):
-        """The spawner could not start it: answer as the Popen path would have."""
+    def abandon(self, why):
+        """The spawner refused it (the host's checks should have): as the Popen path would."""
         self.withdraw()
-        if isinstance(outcome, Refusal):
-            self.sup.fail(self.rid, "InvalidRequest", outcome.message)
-        else:
-            self.sup.reply(self.rid, outcome)
+        self.sup.fail(self.rid, "InvalidRequest", why)
 
     def withdraw(self):
         """Forget this command before it ran: no spawner owes it anything, its pipes close."""
@@ -1210,11 +1321,12 @@ class Spawner:
                                                                                      type(None))):
                 raise Garbage("a malformed start failure")
             del self.commands[n]
-            command.abandon(spawn_failure(command.argv[0], command.cwd, OSError(code, why, name),
-                                          command.started))
+            command.withdraw()
+            self.sup.start_failed(command.rid, command.request, command.started,
+                                  OSError(code, why, name))
         elif keys == {"n", "refused"} and type(message["refused"]) is str and command.pid is None:
             del self.commands[n]
-            command.abandon(Refusal(f"the command cannot be started: {message['refused']}"))
+            command.abandon(f"the command cannot be started: {message['refused']}")
         else:
             raise Garbage(f"an unknown message {sorted(keys)}")
 
@@ -1437,7 +1549,8 @@ class Cell:
         self.request = request
         self.reset = reset
         self.oom_before = oom_before
-        self.started = time.monotonic()
+        # From when it was taken up (a wait for pids counts); a respawn starts a fresh clock.
+        self.started = request.pop("held_since", None) or time.monotonic()
         self.out = Capped(request["cap"])
         self.err = Capped(request["cap"])
         self.timed_out = False
@@ -1447,7 +1560,7 @@ class Cell:
 class FileOp:
     """A file operation, done by a forked child that has dropped to the agent's uid."""
 
-    def __init__(self, sup, rid, request):
+    def __init__(self, sup, rid, request, since):
         self.sup, self.rid = sup, rid
         read_end, write_end = os.pipe()
         try:
@@ -1456,8 +1569,10 @@ class FileOp:
             os.close(read_end)
             os.close(write_end)
             self.done = True
-            sup.fail(rid, "OSError", f"cannot start the file operation: {exc.strerror} (the "
-                     "sandbox's process limit is reached?)", exc.errno)
+            if not sup.hold_start(since + FILE_OP_TIMEOUT_S,
+                                  lambda: sup.file_op(rid, request, since), failed=exc):
+                sup.fail(rid, "OSError", f"cannot start the file operation: {exc.strerror} "
+                         "(the sandbox's process limit is reached?)", exc.errno)
             return
         if self.pid == 0:
             os.close(read_end)
@@ -1476,7 +1591,7 @@ class FileOp:
         self.done = False
         os.set_blocking(read_end, False)
         sup.selector.register(read_end, selectors.EVENT_READ, self.on_data)
-        sup.at(time.monotonic() + FILE_OP_TIMEOUT_S, self.on_deadline)
+        sup.at(since + FILE_OP_TIMEOUT_S, self.on_deadline)
 
     def on_data(self, fd):
         try:

@@ -7,6 +7,7 @@ tests run against the real engine only.
 from __future__ import annotations
 
 import asyncio
+import errno
 
 import pytest
 
@@ -117,6 +118,90 @@ async def test_fork_bomb_is_contained(sandbox):
     assert not result.oom_killed
     left = await sandbox.exec("ls /proc | grep -c '^[0-9]'", timeout=10)
     assert int(left.stdout) < 12  # init, the lease loop, the supervisor and this command
+    assert await serves(sandbox)
+
+
+# A cell that fills the pids limit with children and reaps them REAP_AFTER_S later (a SIGALRM
+# handler runs while the interpreter waits for its next cell). When the cell ends the supervisor
+# kills the children; they stay zombies, holding their pids, until the interpreter reaps them.
+# That is a fork bomb's hundreds of killed processes on a loaded machine (not yet run to their
+# exit, not yet reaped when the supervisor's sweep stops waiting), made to last.
+REAP_AFTER_S = 6.0
+FILL_THEN_REAP_LATER = f"""
+import os, signal
+kids = 0
+try:
+    while True:
+        if os.fork() == 0:
+            signal.pause()
+            os._exit(0)
+        kids += 1
+except OSError as exc:
+    print(kids, exc.strerror)
+def reap(*_):
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+    except ChildProcessError:
+        pass
+signal.signal(signal.SIGALRM, reap)
+previous = signal.setitimer(signal.ITIMER_REAL, {REAP_AFTER_S})
+"""
+
+# A command that fills the pids limit with live processes and keeps them for ARMY_S.
+ARMY_S = 6
+ARMY = f"""
+import os, time
+kids = 0
+try:
+    while True:
+        if os.fork() == 0:
+            time.sleep(60)
+            os._exit(0)
+        kids += 1
+except OSError as exc:
+    print(kids, exc.strerror, flush=True)
+time.sleep({ARMY_S})
+"""
+LIMIT = "the sandbox's process limit is reached"
+
+
+async def test_a_call_waits_for_the_pids_of_killed_processes_not_yet_reaped(sandbox):
+    await sandbox.write_file("a.txt", b"6")
+    cell = await sandbox.run_python(FILL_THEN_REAP_LATER, timeout=10)
+    assert cell.ok and cell.stdout.endswith("Resource temporarily unavailable\n"), cell
+    # The limit is still full of the killed: each call waits for their pids (out of its own
+    # timeout) and then runs; the supervisor serves meanwhile. Before, the command came back at
+    # once as "process limit reached" and the file operation raised EAGAIN.
+    ran = asyncio.gather(sandbox.exec("cat a.txt", timeout=15), sandbox.read_file("a.txt"))
+    await asyncio.sleep(0.3)
+    await asyncio.wait_for(sandbox.ping(), 1.0)
+    result, data = await ran
+    assert result.exit_code == 0 and result.stdout == "6" and not result.timed_out, result
+    assert data == b"6"
+    assert result.duration_s > 1.0, "the killed were gone before the call: nothing was tested"
+    assert await serves(sandbox)
+
+
+async def test_a_limit_held_by_live_processes_is_answered_at_once(sandbox):
+    # The processes of a command still running are not swept: there is nothing to wait for,
+    # and each start path answers "process limit reached" at once, well within its timeout.
+    army = asyncio.create_task(sandbox.exec(["python3", "-c", ARMY], timeout=20))
+    for _ in range(100):
+        probe = await sandbox.exec("true", timeout=10)
+        if probe.exit_code == 126:
+            break
+        await asyncio.sleep(0.05)
+    assert probe.exit_code == 126 and LIMIT in probe.stderr, probe
+    assert probe.duration_s < 1.0, probe
+    cell = await sandbox.run_python("1", timeout=10)
+    assert cell.exit_code == 126 and LIMIT in cell.stderr and cell.duration_s < 1.0, cell
+    with pytest.raises(OSError) as raised:
+        await asyncio.wait_for(sandbox.read_file("a.txt"), 1.0)
+    assert raised.value.errno == errno.EAGAIN
+    assert not army.done()  # all of that came while the army held the limit
+    result = await army
+    assert result.exit_code == 0 and "Resource temporarily unavailable" in result.stdout, result
     assert await serves(sandbox)
 
 
