@@ -181,9 +181,11 @@ class EngineWatch:
 
     def lost_since(self, generation: int | None) -> float | None:
         """When the engine went away after ``generation`` began (``time.time()``), or None if
-        it did not, or if that cannot be known."""
+        it did not, or if that cannot be known. ``generation`` None: what began before the
+        stream first connected (a loaded host can take longer than WATCH_CONNECT_S), so any
+        break the watch has seen came after it."""
         with self._lock:
-            if generation is None or self.generation is None:
+            if self.generation is None:
                 return None
             if self.down_since is not None:
                 return self.down_since

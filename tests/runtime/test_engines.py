@@ -12,6 +12,7 @@ import pytest
 from gymbox.runtime import DockerBackend, Sandbox, SandboxPool, SandboxSpec
 from gymbox.runtime.attribution import Cause, attribute
 from gymbox.runtime.cleanup import gymbox_containers, owner_labels
+from gymbox.runtime.docker_backend import EngineWatch
 from gymbox.runtime.errors import InfraError
 from gymbox.runtime.recovery import RecoveringSandboxes, RecoveryPolicy
 from tests.runtime.conftest import OWNER_FILTER
@@ -89,6 +90,27 @@ async def test_an_engine_restarted_mid_call_is_infra_recovered_never_scored(extr
     finally:
         logger.removeHandler(verdicts)
         logger.level = level
+        client.close()
+
+
+def test_a_sandbox_launched_before_the_watch_connected_still_sees_its_engine_go(extra_engine):
+    """On a loaded host the engine watch can connect after a sandbox was launched (it waits
+    WATCH_CONNECT_S, no longer): that sandbox has no generation, yet any break the watch sees
+    later came after its launch, and is the evidence that its engine went away."""
+    client = extra_engine.client()
+    watch = EngineWatch(client)
+    try:
+        watch.wait_connected(60.0)
+        assert watch.generation is not None and watch.lost_since(None) is None
+        extra_engine.script("kill", "1")
+        give_up = time.monotonic() + 60.0
+        while watch.lost_since(None) is None and time.monotonic() < give_up:
+            time.sleep(0.1)
+        assert watch.lost_since(None) is not None
+        assert watch.lost_since(watch.generation) == watch.lost_since(None)
+    finally:
+        watch.close()
+        extra_engine.script("restart", "1")
         client.close()
 
 
