@@ -25,10 +25,12 @@ reward ranks a group's members as gold does (``gold_corr/<term>``); every
 ``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
 whose answer is the single most common one (1.0: the policy answers everything the same).
 
-Usage (round 3's setting, not yet run; round 2's 7 arms × 2 seeds × 12 steps took 422 s)::
+Usage (round 6's run, docs/experiments.md: 7 arms × 3 seeds × 30 steps in 869 s)::
 
-    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --seeds 3 --jobs 3 \\
-        --steps 20 --operands 5 --warmup-steps 50 --lr 5e-4 --plot docs/claim_intrinsic.png
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --task chain --operands 5 \\
+        --warmup-steps 100 --lr 1e-4 --seeds 3 --jobs 3 --steps 30 --eval-episodes 50 \\
+        --arms gold,majority_vote,self_certainty,negative_entropy,semi30,guard,noise \\
+        --plot docs/claim_intrinsic_chain.png --out runs/experiments/claim_intrinsic_chain
 """
 
 from __future__ import annotations
