@@ -1,8 +1,11 @@
 """Claim B: intrinsic rewards collapse entropy and accuracy; some gold or an entropy guard don't.
 
-The task (:class:`benchmarks.experiments.tasks.Addition`): ``a + b`` for one-digit numbers,
-answered at once, so a group's answers can be voted on. The policy is warmed up by imitation to
-a middling accuracy, then each arm trains the same start with a different reward, through
+The task (``--task``, :mod:`benchmarks.experiments.tasks`): ``addition`` (the default),
+``a + b`` answered at once, so a group's answers can be voted on; or ``chain``, ``a + b + c``
+added in written steps before the answer, so that self-certainty and negative entropy have
+choices within a response to rank (on ``addition`` a group shares its one choice, and the
+baseline removes it). The policy is warmed up by imitation to a middling accuracy, then each
+arm trains the same start with a different reward, through
 :class:`gymbox.rewards.mix.RewardMix` and the real loop:
 
 * ``gold`` — the verifier only;
@@ -17,14 +20,17 @@ a middling accuracy, then each arm trains the same start with a different reward
   (:class:`NoiseReward`), i.e. what an arm does when its advantages carry no signal.
 
 Per step it logs the mean token entropy, each intrinsic reward, the group agreement (share of a
-group giving its most common answer) and the training batch's accuracy; every
+group giving its most common answer), the training batch's accuracy, and how far each intrinsic
+reward ranks a group's members as gold does (``gold_corr/<term>``); every
 ``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
 whose answer is the single most common one (1.0: the policy answers everything the same).
 
-Usage (round 3's setting, not yet run; round 2's 7 arms × 2 seeds × 12 steps took 422 s)::
+Usage (round 6's run, docs/experiments.md: 7 arms × 3 seeds × 30 steps in 869 s)::
 
-    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --seeds 3 --jobs 3 \\
-        --steps 20 --operands 5 --warmup-steps 50 --lr 5e-4 --plot docs/claim_intrinsic.png
+    flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --task chain --operands 5 \\
+        --warmup-steps 100 --lr 1e-4 --seeds 3 --jobs 3 --steps 30 --eval-episodes 50 \\
+        --arms gold,majority_vote,self_certainty,negative_entropy,semi30,guard,noise \\
+        --plot docs/claim_intrinsic_chain.png --out runs/experiments/claim_intrinsic_chain
 """
 
 from __future__ import annotations
@@ -32,7 +38,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -50,10 +57,11 @@ from benchmarks.experiments.harness import (
     seeds_of,
     train_arm,
 )
-from benchmarks.experiments.tasks import Addition
+from benchmarks.experiments.tasks import Addition, Chain
 from benchmarks.experiments.tiny import DESCRIPTIONS, Warmup, warmed_up_policy
 from gymbox.agents.loop import Group, StepReport
 from gymbox.agents.rollout import Trajectory
+from gymbox.envs.core import ToolEnv
 from gymbox.rewards.advantages import GRPO, DrGRPO
 from gymbox.rewards.mix import (
     Additive,
@@ -70,6 +78,22 @@ ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard", "noise")
 ESTIMATORS = {"grpo": GRPO, "drgrpo": DrGRPO}
 LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
 """What every arm logs each step, whichever terms it trains on."""
+
+
+@dataclass(frozen=True)
+class TaskChoice:
+    """A task of ``--task``: its env for ``--operands`` values per number, and a token cap
+    that fits its expert's longest response with room to spare."""
+
+    make: Callable[[int], ToolEnv]
+    max_new_tokens: int
+
+
+TASKS = {
+    "addition": TaskChoice(lambda operands: Addition(operands=operands), max_new_tokens=12),
+    # "4+4=8, 8+4=12 <answer>12</answer>" is 21 tokens.
+    "chain": TaskChoice(lambda operands: Chain(operands=operands), max_new_tokens=32),
+}
 
 
 class NoiseReward:
@@ -143,6 +167,24 @@ def reward_spread(report: StepReport) -> dict[str, float]:
     return row
 
 
+def gold_correlation(groups: Sequence[Sequence[Trajectory]]) -> dict[str, float]:
+    """``gold_corr/<term>`` for each logged intrinsic term: the mean over groups of the Pearson
+    correlation, within a group, between the term's rewards and gold. It is what a
+    group-relative advantage of the term can teach: > 0, the term ranks the right members
+    higher; about 0, its advantages are noise to the task. Groups where either is constant
+    (no ranking to compare) are left out; NaN when none is left."""
+    row = {}
+    for name in INTRINSIC:
+        correlations = []
+        for group in groups:
+            both = torch.stack([LOGGED["gold"](group), LOGGED[name](group)])
+            if bool((both.std(dim=1) > 0).all()):
+                correlations.append(float(torch.corrcoef(both)[0, 1]))
+        row[f"gold_corr/{name}"] = (sum(correlations) / len(correlations) if correlations
+                                    else float("nan"))
+    return row
+
+
 def step_metrics_for(mix: RewardMix):
     def step_metrics(report: StepReport) -> dict[str, float]:
         flat = [t for g in report.groups for t in g.trajectories]
@@ -165,7 +207,7 @@ def step_metrics_for(mix: RewardMix):
             "advantage_abs": float(report.advantages.values[report.advantages.keep].abs().mean())
             if bool(report.advantages.keep.any()) else 0.0,
         }
-        return row | reward_spread(report)
+        return row | reward_spread(report) | gold_correlation(valid)
 
     return step_metrics
 
@@ -190,23 +232,25 @@ async def experiment(args: argparse.Namespace) -> dict:
     schedule = Schedule(steps=args.steps, groups_per_step=args.groups_per_step,
                         group_size=args.group_size, eval_every=args.eval_every,
                         eval_episodes=args.eval_episodes, learning_rate=args.lr,
-                        max_new_tokens=12, max_turns=1, max_tokens=256)
-    say(f"claim B (intrinsic collapse): policy {args.model} "
+                        max_new_tokens=TASKS[args.task].max_new_tokens, max_turns=1,
+                        max_tokens=256)
+    say(f"claim B (intrinsic collapse): task {args.task} ({args.operands} values per number), "
+        f"policy {args.model} "
         f"({DESCRIPTIONS[args.model]}); "
         f"arms {', '.join(args.arms)} × {args.seeds} seeds × {args.steps} steps, "
         f"{schedule.groups_per_step}×{schedule.group_size} episodes/step, "
         f"estimator {args.estimator}")
-    results: dict = {"model": args.model, "schedule": vars(schedule), "runs": [],
-                     "estimator": args.estimator}
+    results: dict = {"model": args.model, "task": args.task, "operands": args.operands,
+                     "schedule": vars(schedule), "runs": [], "estimator": args.estimator}
     started = time.perf_counter()
 
-    def make_env() -> Addition:
-        return Addition(operands=args.operands)
+    def make_env() -> ToolEnv:
+        return TASKS[args.task].make(args.operands)
 
     # One warm-up for every seed: the seeds vary RL's samples and tasks.
     policy = await warmed_up_policy(
         args.model, make_env, seed=0, cache_dir=Path(args.cache),
-        warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name=f"addition{args.operands}",
+        warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name=f"{args.task}{args.operands}",
         budget=schedule.budget, log=say)
     start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
     for seed in seeds_of(args):
@@ -286,7 +330,8 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8, ncol=2)
     n = len({r["seed"] for r in results["runs"]})
-    fig.suptitle(f"Claim B: intrinsic rewards vs gold ({results['model']} policy, "
+    fig.suptitle(f"Claim B: intrinsic rewards vs gold (task {results['task']}, "
+                 f"{results['model']} policy, lr {results['schedule']['learning_rate']:g}, "
                  f"{seeds_caption(n)})", fontsize=11)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -303,8 +348,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", type=lambda s: s.split(","),
                         default=[a for a in ARMS if a != "noise"],
                         help="comma-separated; default every arm but the noise control")
+    parser.add_argument("--task", choices=tuple(TASKS), default="addition",
+                        help="addition: a + b answered at once; chain: a + b + c added in "
+                             "written steps before the answer")
     parser.add_argument("--operands", type=int, default=10,
-                        help="values per operand (10: one-digit a + b)")
+                        help="values per number (10: one-digit numbers)")
     parser.add_argument("--groups-per-step", type=int, default=4)
     parser.add_argument("--group-size", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=5)

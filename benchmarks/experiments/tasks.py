@@ -1,4 +1,4 @@
-"""The two task families of the experiments, as ordinary gymbox envs with scripted experts.
+"""The task families of the experiments, as ordinary gymbox envs with scripted experts.
 
 :class:`StoredNumber` (Claim A) needs the sandbox for the right answer and offers a way around
 it: the number to test lives only in a file of the episode's sandbox, so testing it with the
@@ -9,6 +9,12 @@ on failed sandbox calls therefore has somewhere to push: towards guessing.
 :class:`Addition` (Claim B) has no tool: the agent answers ``a + b`` at once, so the answers of a
 group can be compared with each other (majority vote) and with the label (gold).
 
+:class:`Chain` (Claim B) adds ``a + b + c`` in steps written before the answer
+(``a+b=X, X+c=Y <answer>Y</answer>``), so a response holds several choices after its first:
+the members of a group differ in how sure the policy was of what followed its own earlier
+choices, which is what self-certainty and negative entropy can rank. On :class:`Addition` the
+one choice is the same distribution for the whole group, and the group baseline removes it.
+
 Example:
     >>> import numpy as np
     >>> task = StoredNumber().draw_task(np.random.default_rng(0))
@@ -16,6 +22,8 @@ Example:
     ('0', False)
     >>> Addition().draw_task(np.random.default_rng(0)).prompt
     'What is 8 + 6?'
+    >>> Chain(operands=5).draw_task(np.random.default_rng(0)).data["steps"]
+    '4+3=7, 7+2=9'
 """
 
 from __future__ import annotations
@@ -152,3 +160,49 @@ class Addition(ToolEnv):
     def demonstrate(self) -> str:
         assert self.task is not None, "demonstrate() needs a running episode"
         return f"<answer>{self.task.reference}</answer>"
+
+
+class Chain(ToolEnv):
+    """What is ``a + b + c + ...`` (``terms`` numbers in ``0 .. operands - 1``)? No tool.
+
+    The expert adds left to right, one step per term, then answers:
+    ``3+4=7, 7+2=9 <answer>9</answer>``. Each partial sum is a choice the policy makes, and
+    each step after the first starts from the policy's own previous sum, so a sampled slip
+    carries into the answer (a chain is right only if every step is) and the tokens after it
+    are predicted from a state the expert never showed. Reward: gold 1.0 for the final sum,
+    else 0; the steps are not scored.
+
+    Args:
+        operands: how many values each number takes.
+        terms: how many numbers are added (>= 2; 2 is :class:`Addition` with one written step).
+        **kwargs: :class:`ToolEnv`'s.
+    """
+
+    system_prompt = "Add step by step, then answer as <answer>...</answer>."
+
+    def __init__(self, *, operands: int = 5, terms: int = 3, **kwargs) -> None:
+        if operands < 2:
+            raise ValueError(f"operands must be >= 2, got {operands}")
+        if terms < 2:
+            raise ValueError(f"terms must be >= 2, got {terms}")
+        super().__init__(**kwargs)
+        self.operands = operands
+        self.terms = terms
+
+    def draw_task(self, rng: np.random.Generator) -> Task:
+        numbers = [int(v) for v in rng.integers(0, self.operands, size=self.terms)]
+        steps, total = [], numbers[0]
+        for n in numbers[1:]:
+            steps.append(f"{total}+{n}={total + n}")
+            total += n
+        expression = " + ".join(map(str, numbers))
+        return Task(prompt=f"What is {expression}?", reference=str(total),
+                    data={"steps": ", ".join(steps)}, id=f"chain:{expression.replace(' ', '')}")
+
+    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
+        assert task.reference is not None
+        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
+
+    def demonstrate(self) -> str:
+        assert self.task is not None, "demonstrate() needs a running episode"
+        return f"{self.task.data['steps']} <answer>{self.task.reference}</answer>"

@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from benchmarks import claim_intrinsic
+from benchmarks.experiments.tasks import Chain
 from gymbox.rewards.mix import GoldWhereLabelled
 from gymbox.rewards.record import RewardRecord
 
@@ -48,6 +50,63 @@ def test_reward_spread_is_the_within_group_std_that_grpo_divides_by() -> None:
                              advantages=claim_intrinsic.build_mix("gold").score(groups, step=0))
     spread = claim_intrinsic.reward_spread(report)["spread/gold"]
     assert spread == pytest.approx((torch.tensor([1.0, 0, 1, 0]).std().item() + 0.0) / 2)
+
+
+def test_the_chain_scores_the_final_sum_and_its_expert_writes_every_step() -> None:
+    env = Chain(operands=5, terms=4)
+    env.reset(seed=11)
+    numbers = [int(v) for v in env.task.prompt.removeprefix("What is ").rstrip("?").split("+")]
+    assert len(numbers) == 4 and all(0 <= n < 5 for n in numbers)
+    demonstration = env.demonstrate()
+    assert demonstration.count("=") == 3 and demonstration.endswith(
+        f"<answer>{sum(numbers)}</answer>")
+    assert env.step(demonstration)[1] == 1.0
+    env.reset(seed=11)  # a slip in a step carries into the answer, which alone is scored
+    assert env.step(f"<answer>{sum(numbers) + 1}</answer>")[1] == 0.0
+    assert env.draw_task(np.random.default_rng(0)) == env.draw_task(np.random.default_rng(0))
+    for bad in ({"operands": 1}, {"terms": 1}):
+        with pytest.raises(ValueError, match="must be >= 2"):
+            Chain(**bad)
+
+
+def test_gold_correlation_says_whether_a_term_ranks_the_right_members_higher() -> None:
+    def member(gold: float, entropy: float) -> SimpleNamespace:
+        return SimpleNamespace(reward=RewardRecord.of(gold=gold), answer=str(gold),
+                               loss_mask=(1, 1), entropy=torch.full((2,), entropy),
+                               self_certainty=torch.full((2,), 5.0 - entropy))
+
+    surer_is_right = [member(1.0, 0.1), member(1.0, 0.2), member(1.0, 0.3), member(0.0, 0.9)]
+    unsure_is_right = [member(1.0, 0.9), member(0.0, 0.1), member(0.0, 0.2), member(0.0, 0.3)]
+    all_right = [member(1.0, 0.1), member(1.0, 0.5)]  # nothing to rank: left out
+    row = claim_intrinsic.gold_correlation([surer_is_right, all_right])
+    assert row["gold_corr/negative_entropy"] == pytest.approx(row["gold_corr/self_certainty"])
+    assert 0.9 < row["gold_corr/self_certainty"] <= 1.0
+    assert row["gold_corr/majority_vote"] == pytest.approx(1.0)  # the majority is right
+    row = claim_intrinsic.gold_correlation([unsure_is_right])
+    assert row["gold_corr/self_certainty"] < -0.9 and row["gold_corr/majority_vote"] < -0.9
+    assert all(np.isnan(v) for v in claim_intrinsic.gold_correlation([all_right]).values())
+
+
+@pytest.mark.slow
+def test_two_step_miniature_of_the_chain_task(tmp_path: Path) -> None:
+    """The chain task through the same pipeline: longer responses, and every intrinsic term's
+    ranking compared with gold's."""
+    arms = ["self_certainty", "negative_entropy"]
+    results = claim_intrinsic.main([
+        "--task", "chain", "--operands", "5", "--seeds", "1", "--steps", "2",
+        "--arms", ",".join(arms), "--groups-per-step", "2", "--group-size", "4",
+        "--eval-every", "2", "--eval-episodes", "4", "--warmup-steps", "2", "--lr", "1e-4",
+        "--cache", str(tmp_path / "cache"), "--out", str(tmp_path / "out"),
+    ])
+    assert results["task"] == "chain" and results["schedule"]["max_new_tokens"] == 32
+    assert [r["arm"] for r in results["runs"]] == arms
+    assert (tmp_path / "cache" / "chain5-tiny-seed0-2x16-lr0.003" / "warmup.json").is_file()
+    for run in results["runs"]:
+        assert [s["step"] for s in run["steps"]] == [0.0, 1.0]
+        for row in run["steps"]:
+            assert {f"gold_corr/{n}" for n in claim_intrinsic.INTRINSIC} <= set(row)
+            assert all(-1 <= v <= 1 for k, v in row.items()
+                       if k.startswith("gold_corr/") and not np.isnan(v))
 
 
 @pytest.mark.slow
