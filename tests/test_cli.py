@@ -88,8 +88,9 @@ def test_train_eval_and_plot_a_tiny_run(tmp_path, tiny_model_dir):
     assert all(r["valid_fraction"] == 1.0 and r["weight/gold"] == 1.0 for r in steps)
     assert all("reward/gold" in r and "groups/reruns" in r for r in steps)
     # held-out accuracy before (at 0 steps done) and after (at 2) is in metrics.jsonl too
-    evals = [(r["step"], k) for r in rows for k in r if k.startswith("eval/") and "valid" not in k]
+    evals = [(r["step"], k) for r in rows for k in r if k in ("eval/base", "eval/accuracy")]
     assert evals == [(0, "eval/base"), (2, "eval/accuracy")]
+    assert all(0.0 <= r["eval/tool_use"] <= 1.0 for r in rows if "eval/valid_fraction" in r)
     # one plain line per phase and per step: stdout is not a terminal here
     lines = proc.stdout.splitlines()
     assert [line.split(":")[0] for line in lines if line.startswith("step ")] == [

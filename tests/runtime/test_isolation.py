@@ -108,8 +108,14 @@ async def test_workspace_size_is_capped(sandbox):
 
 
 async def test_killing_every_visible_process_leaves_the_supervisor(sandbox):
-    result = await sandbox.exec("kill -9 -1; kill -9 1; echo $?", timeout=10)
-    assert result.stdout.strip().endswith("1")  # PID 1 is root's: not permitted
+    pid1 = await sandbox.exec("kill -9 1; echo $?", timeout=10)
+    assert pid1.stdout.strip().endswith("1")  # PID 1 is root's: not permitted
+    result = await sandbox.exec("kill -9 -1; echo survived", timeout=10)
+    # The spawner that starts commands runs as the agent, so this kills it too. When that comes
+    # before the spawner reported the shell's start, the command's status is lost, and the
+    # result says why: the agent's own outcome, a value, never a failure of the sandbox.
+    assert result.stdout == "survived\n" or (
+        result.exit_code is None and "spawner" in result.stderr), result
     assert await serves(sandbox)
 
 
