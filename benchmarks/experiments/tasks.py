@@ -162,7 +162,7 @@ class Addition(ToolEnv):
         return f"<answer>{self.task.reference}</answer>"
 
 
-class Chain(ToolEnv):
+class Chain(Addition):
     """What is ``a + b + c + ...`` (``terms`` numbers in ``0 .. operands - 1``)? No tool.
 
     The expert adds left to right, one step per term, then answers:
@@ -170,7 +170,7 @@ class Chain(ToolEnv):
     each step after the first starts from the policy's own previous sum, so a sampled slip
     carries into the answer (a chain is right only if every step is) and the tokens after it
     are predicted from a state the expert never showed. Reward: gold 1.0 for the final sum,
-    else 0; the steps are not scored.
+    else 0 (as :class:`Addition`); the steps are not scored.
 
     Args:
         operands: how many values each number takes.
@@ -181,12 +181,9 @@ class Chain(ToolEnv):
     system_prompt = "Add step by step, then answer as <answer>...</answer>."
 
     def __init__(self, *, operands: int = 5, terms: int = 3, **kwargs) -> None:
-        if operands < 2:
-            raise ValueError(f"operands must be >= 2, got {operands}")
         if terms < 2:
             raise ValueError(f"terms must be >= 2, got {terms}")
-        super().__init__(**kwargs)
-        self.operands = operands
+        super().__init__(operands=operands, **kwargs)
         self.terms = terms
 
     def draw_task(self, rng: np.random.Generator) -> Task:
@@ -198,10 +195,6 @@ class Chain(ToolEnv):
         expression = " + ".join(map(str, numbers))
         return Task(prompt=f"What is {expression}?", reference=str(total),
                     data={"steps": ", ".join(steps)}, id=f"chain:{expression.replace(' ', '')}")
-
-    async def score(self, answer: str, task: Task, sandbox: Sandbox | None) -> RewardRecord:
-        assert task.reference is not None
-        return RewardRecord.of(gold=float(NumericMatch().equivalent(answer, task.reference)))
 
     def demonstrate(self) -> str:
         assert self.task is not None, "demonstrate() needs a running episode"

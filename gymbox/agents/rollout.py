@@ -141,9 +141,11 @@ class Trajectory:
 
     @property
     def ran_a_tool(self) -> bool:
-        """True when one of the model's calls reached a tool (whatever the tool answered); a
-        call the env could not parse is answered by a tool message named ``"error"``."""
-        return any(m["role"] == "tool" and m.get("name") != "error" for m in self.messages)
+        """True when one of the model's calls reached one of the env's tools (whatever the tool
+        answered). The env answers a call it could not parse, or one naming no tool it has,
+        with a tool message too: those name no tool of ``info["tools"]``."""
+        tools = {schema["function"]["name"] for schema in self.info.get("tools", ())}
+        return any(m["role"] == "tool" and m.get("name") in tools for m in self.messages)
 
 
 class ChatFormat:

@@ -127,48 +127,39 @@ async def test_fork_bomb_is_contained(sandbox):
     assert await serves(sandbox)
 
 
+# A script's opening: fork children that run {child} until the pids limit answers EAGAIN, then
+# print how many and why.
+FILL_PIDS = """
+import contextlib, os, signal, time
+kids = 0
+try:
+    while True:
+        if os.fork() == 0:
+            {child}
+            os._exit(0)
+        kids += 1
+except OSError as exc:
+    print(kids, exc.strerror, flush=True)
+"""
+
 # A cell that fills the pids limit with children and reaps them REAP_AFTER_S later (a SIGALRM
 # handler runs while the interpreter waits for its next cell). When the cell ends the supervisor
 # kills the children; they stay zombies, holding their pids, until the interpreter reaps them.
 # That is a fork bomb's hundreds of killed processes on a loaded machine (not yet run to their
 # exit, not yet reaped when the supervisor's sweep stops waiting), made to last.
 REAP_AFTER_S = 6.0
-FILL_THEN_REAP_LATER = f"""
-import os, signal
-kids = 0
-try:
-    while True:
-        if os.fork() == 0:
-            signal.pause()
-            os._exit(0)
-        kids += 1
-except OSError as exc:
-    print(kids, exc.strerror)
+FILL_THEN_REAP_LATER = FILL_PIDS.format(child="signal.pause()") + f"""
 def reap(*_):
-    try:
+    with contextlib.suppress(ChildProcessError):  # none left
         while os.waitpid(-1, os.WNOHANG)[0]:
-            pass
-    except ChildProcessError:
-        pass
+            continue
 signal.signal(signal.SIGALRM, reap)
-previous = signal.setitimer(signal.ITIMER_REAL, {REAP_AFTER_S})
+_ = signal.setitimer(signal.ITIMER_REAL, {REAP_AFTER_S})  # no final value to print
 """
 
 # A command that fills the pids limit with live processes and keeps them for ARMY_S.
 ARMY_S = 6
-ARMY = f"""
-import os, time
-kids = 0
-try:
-    while True:
-        if os.fork() == 0:
-            time.sleep(60)
-            os._exit(0)
-        kids += 1
-except OSError as exc:
-    print(kids, exc.strerror, flush=True)
-time.sleep({ARMY_S})
-"""
+ARMY = FILL_PIDS.format(child="time.sleep(60)") + f"time.sleep({ARMY_S})\n"
 LIMIT = "the sandbox's process limit is reached"
 
 
