@@ -63,16 +63,22 @@ async def test_the_agent_has_no_capabilities_and_cannot_gain_any(sandbox):
     assert su.exit_code == 1 and "PermissionError" in su.stderr
 
 
-async def test_the_agent_is_the_kernels_first_oom_victim(sandbox):
-    assert (await sandbox.exec("cat /proc/self/oom_score_adj", timeout=10)).stdout == "1000\n"
+async def test_the_agent_is_the_kernels_first_oom_victim_and_yields_it_the_cpu(sandbox):
+    # When memory or CPU runs short, the agent's processes lose it before the supervisor: a
+    # fork bomb's hundreds of processes on a loaded host must not starve its answers.
+    assert (await sandbox.exec("cat /proc/self/oom_score_adj; nice", timeout=10)).stdout == (
+        "1000\n10\n")
     # a command's parent is the spawner (the agent's, so 1000), whose parent is the supervisor
     supervisor = await sandbox.exec(
-        "cat /proc/$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status)/oom_score_adj",
+        "s=$(sed -n 's/^PPid:[[:space:]]*//p' /proc/$PPID/status); "
+        "cat /proc/$s/oom_score_adj; cut -d' ' -f19 /proc/$s/stat", timeout=10)
+    assert supervisor.stdout == "0\n0\n"
+    cell = await sandbox.run_python(
+        "import os; print(open('/proc/self/oom_score_adj').read().strip(), os.nice(0))",
         timeout=10)
-    assert supervisor.stdout == "0\n"
-    cell = await sandbox.run_python("print(open('/proc/self/oom_score_adj').read().strip())",
-                                    timeout=10)
-    assert cell.stdout == "1000\n"
+    assert cell.stdout == "1000 10\n"
+    for lower in ("echo -1000 > /proc/self/oom_score_adj", "renice -n 0 -p $$"):
+        assert (await sandbox.exec(lower, timeout=10)).exit_code == 1, lower  # refused
 
 
 async def test_every_sandbox_looks_the_same_from_inside(sandbox):
