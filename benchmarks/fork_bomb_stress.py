@@ -27,10 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the attack lives with its tests
 
-from gymbox.runtime import DockerBackend, InfraError, SandboxPool  # noqa: E402
-from tests.adversarial.test_runtime_attacks import CRASH, SPEC_SMALL  # noqa: E402
+from gymbox.runtime import DockerBackend, InfraError, SandboxPool
+from tests.adversarial.test_runtime_attacks import CRASH, SPEC_SMALL
 
 CALL_TIMEOUT_S = 2.0
 
