@@ -14,8 +14,9 @@ arm trains the same start with a different reward, through
 * ``semi10`` / ``semi30`` — semi-supervised: gold on the 10 % / 30 % of prompts that have a
   label (``RewardMix.labelled_fraction``), majority vote on the rest
   (:class:`~gymbox.rewards.mix.GoldWhereLabelled`);
-* ``guard`` — majority vote alone with an :class:`~gymbox.rewards.mix.EntropyGuard` (the
-  intrinsic weight backs off once the mean token entropy falls below half its start);
+* ``guard`` / ``guard_entropy`` — majority vote / negative entropy alone with an
+  :class:`~gymbox.rewards.mix.EntropyGuard` (the intrinsic weight, and so the step, shrinks in
+  proportion once the mean token entropy falls below half its start);
 * ``noise`` — a control, not part of the claim: N(0, 1) noise as the reward
   (:class:`NoiseReward`), i.e. what an arm does when its advantages carry no signal.
 
@@ -74,7 +75,9 @@ from gymbox.rewards.mix import (
 from gymbox.rewards.terms import Gold, make_term
 
 INTRINSIC = ("majority_vote", "self_certainty", "negative_entropy")
-ARMS = ("gold", *INTRINSIC, "semi10", "semi30", "guard", "noise")
+GUARDED = {"guard": "majority_vote", "guard_entropy": "negative_entropy"}
+"""The guarded arms, each with the one intrinsic term it guards."""
+ARMS = ("gold", *INTRINSIC, "semi10", "semi30", *GUARDED, "noise")
 ESTIMATORS = {"grpo": GRPO, "drgrpo": DrGRPO}
 LOGGED = {"gold": Gold(), **{name: make_term(name) for name in INTRINSIC}}
 """What every arm logs each step, whichever terms it trains on."""
@@ -118,8 +121,8 @@ def terms_of(arm: str) -> dict[str, Term]:
         return {"noise": Term(1.0, reward=NoiseReward())}
     if arm == "gold":
         return {"gold": Term(1.0, reward=Gold())}
-    if arm in INTRINSIC or arm == "guard":
-        name = "majority_vote" if arm == "guard" else arm
+    if arm in INTRINSIC or arm in GUARDED:
+        name = GUARDED.get(arm, arm)
         return {name: Term(1.0, reward=make_term(name))}
     if arm.startswith("semi"):
         return {"gold": Term(1.0, reward=Gold()),
@@ -138,7 +141,7 @@ def build_mix(arm: str, estimator: str = "grpo") -> RewardMix:
         terms_of(arm), estimator=ESTIMATORS[estimator](min_valid=2),
         applies=GoldWhereLabelled() if arm.startswith("semi") else Additive(),
         labelled_fraction=fraction,
-        guard=EntropyGuard(fraction=0.5) if arm == "guard" else None)
+        guard=EntropyGuard(fraction=0.5) if arm in GUARDED else None)
 
 
 def scorer(mix: RewardMix):
@@ -311,7 +314,7 @@ def plot(results: dict, path: Path) -> None:
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
     arms = [a for a in ARMS if any(r["arm"] == a for r in results["runs"])]
     colours = dict(zip(ARMS, ("black", "tab:red", "tab:orange", "tab:purple", "tab:cyan",
-                              "tab:blue", "tab:green", "tab:gray"), strict=True))
+                              "tab:blue", "tab:green", "tab:olive", "tab:gray"), strict=True))
     for ax, (source, key, title) in zip(axes.flat, panels, strict=True):
         for arm in arms:
             runs = [r[source] for r in results["runs"] if r["arm"] == arm]

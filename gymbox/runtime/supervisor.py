@@ -629,20 +629,21 @@ class Supervisor:
         return read_oom_kills(self.oom_path) if self.oom_path else None
 
     def hold_start(self, deadline, retry, failed=None):
-        """Whether a start waits for the pids that processes we killed still hold: True when
-        ``retry`` (the start again) is set to run from a timer. ``failed`` is the OSError of the
-        start just tried, None before a first try. The loop serves meanwhile: heartbeats, other
+        """Whether a start waits for pids on their way back to the limit: True when ``retry``
+        (the start again) is set to run from a timer. ``failed`` is the OSError of the start
+        just tried, None before a first try. The loop serves meanwhile: heartbeats, other
         requests, the lease, and the reaping of our own killed children.
 
-        It waits only for pids on their way back (``draining``): a process we killed that is a
-        zombie, in its exit, or with SIGKILL still pending (under load it may not run for
-        seconds), and pids still counted after their processes left /proc (whoever ended them:
-        the OOM killer's too); each comes back soon. Before a try it waits when fewer than
-        PIDS_HEADROOM pids are free; after an EAGAIN, while any is on its way back or the limit
-        has room again. The limit held by the live processes of commands
-        still running is nothing to wait for: the answer is the same "process limit reached"
-        as ever, at once. Past ``deadline`` (the call's own) nothing waits: a start tries, and
-        a failure then is the answer."""
+        On their way back (``draining``): a process we killed that is a zombie, in its exit, or
+        with SIGKILL still pending (under load it may not run for seconds), and pids still
+        counted after their processes left /proc (whoever ended them: the OOM killer's too).
+        When nothing runs, whatever holds the limit is: every process of the agent is then a
+        leftover, swept here. Before a try a start waits when fewer than PIDS_HEADROOM pids are
+        free while any is on its way back; after an EAGAIN, while any is, or while nothing runs,
+        or when the limit has room again (the try raced the drain). A limit held by the live
+        processes of commands still running is nothing to wait for: the answer is the same
+        "process limit reached" as ever, at once. Past ``deadline`` (the call's own) nothing
+        waits: a start tries, and a failure then is the answer."""
         if failed is None and not self.killed:
             return False  # every start asks: nothing killed is pending, at the cost of a test
         if failed is not None and failed.errno != errno.EAGAIN:

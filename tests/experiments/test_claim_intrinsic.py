@@ -22,7 +22,9 @@ def test_semi_supervised_arms_put_gold_on_the_labelled_share_only() -> None:
         assert mix.labelled_fraction == share and isinstance(mix.applies, GoldWhereLabelled)
         assert set(mix.terms) == {"gold", "majority_vote"}
         assert mix.terms["majority_vote"].intrinsic and not mix.terms["gold"].intrinsic
-    assert claim_intrinsic.build_mix("guard").guard is not None
+    for arm, guarded in (("guard", "majority_vote"), ("guard_entropy", "negative_entropy")):
+        mix = claim_intrinsic.build_mix(arm)
+        assert mix.guard is not None and set(mix.terms) == {guarded}
     assert claim_intrinsic.build_mix("gold").guard is None
     assert set(claim_intrinsic.build_mix("self_certainty").terms) == {"self_certainty"}
     with pytest.raises(ValueError, match="unknown arm"):
