@@ -492,6 +492,7 @@ class DockerBackend:
             "agent_uid": spec.agent_uid, "agent_gid": spec.agent_uid,
             "workdir": WORKSPACE, "env": dict(spec.env), "lease_path": LEASE_PATH,
             "lease_s": spec.lease_s, "sweep_uid": True, "oom_events": True, "align_pids": True,
+            "own_cgroup": True,
             "tmpfs": list(spec.tmpfs),
         }
         size = len(SUPERVISOR_SOURCE.encode())

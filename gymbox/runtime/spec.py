@@ -46,8 +46,9 @@ class SandboxSpec:
       kernel kills them first. (Making it a floor the agent cannot lower would take
       ``CAP_SYS_RESOURCE``, which many engines cannot grant; an agent that lowers it and then
       takes the supervisor down is seen doing so: the engine reports the OOM kill, and the
-      failure is the agent's.) They run at nice 10 too: within the sandbox's CPU share the
-      supervisor comes first, so a fork bomb on a loaded host cannot starve its answers.
+      failure is the agent's.) In a container they run at nice 10 too: within the sandbox's CPU
+      share the supervisor comes first, so a fork bomb on a loaded host cannot starve its
+      answers.
 
     Attributes:
         image: the image to run; needs ``python3`` for the fast path.

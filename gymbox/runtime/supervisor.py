@@ -80,8 +80,11 @@ POPEN_THREADS = 4  # the Popen path's threads, for when the spawner cannot serve
 HEARTBEAT_S = 0.25  # how often a pressure report goes out while agent code runs
 AGENT_OOM_SCORE_ADJ = 1000  # the kernel's first choice when the sandbox's memory is full
 # The agent's processes yield the CPU to the supervisor within the sandbox's share: a fork bomb's
-# hundreds of processes (or their exits) on a loaded host must not starve the answers. Niceness
-# weighs only within the container's cgroup, so the agent's code loses no time to other sandboxes.
+# hundreds of processes (or their exits) on a loaded host must not starve the answers. Only where
+# the sandbox has a CPU cgroup of its own (config "own_cgroup", a container): niceness weighs
+# only within it there, so the agent's code loses no time to anything else. On the host (the
+# local backend) it would lose CPU to every other process, the trainer's included, and a call
+# that times out for it would be scored as the agent's.
 AGENT_NICE = 10
 KILL_ROUNDS = 64  # scans of /proc that a sweep may take to catch a fork bomb's last children
 # How long a sweep then waits for the processes it killed to be gone. Until a killed process has
@@ -365,6 +368,7 @@ class Supervisor:
         self.lease_path = config.get("lease_path")
         self.lease_s = config.get("lease_s")
         self.sweep_uid = config.get("sweep_uid", False)
+        self.agent_nice = AGENT_NICE if config.get("own_cgroup") else 0
         self.oom_path = find_oom_counter() if config.get("oom_events", True) else None
         self.gauges = Gauges(config.get("tmpfs") or [])
         self.heartbeat_armed = False
@@ -563,7 +567,7 @@ class Supervisor:
                 os.write(fd, b"%d" % AGENT_OOM_SCORE_ADJ)
             finally:
                 os.close(fd)
-        os.nice(AGENT_NICE)
+        os.nice(self.agent_nice)
         if self.uid is not None:
             os.setgroups([])
             os.setresgid(self.gid, self.gid, self.gid)
@@ -1212,7 +1216,7 @@ class Spawner:
         self.sup = sup
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         config = {"uid": sup.uid, "gid": sup.gid, "workdir": sup.workdir,
-                  "oom_score_adj": AGENT_OOM_SCORE_ADJ, "nice": AGENT_NICE,
+                  "oom_score_adj": AGENT_OOM_SCORE_ADJ, "nice": sup.agent_nice,
                   "limit": SPAWN_MESSAGE_MAX}
         try:
             self.proc = subprocess.Popen(

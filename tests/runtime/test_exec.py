@@ -24,6 +24,16 @@ async def test_runs_as_the_agent_in_its_workspace(sandbox):
     assert result.stdout.split() == ["1000", sandbox.workdir]
 
 
+async def test_the_agent_yields_the_cpu_to_the_supervisor_only_inside_a_container(
+        sandbox, backend):
+    # In a container niceness weighs only within its cgroup: the supervisor comes first, and
+    # nothing outside loses. On the host it would weigh against every process (the trainer's
+    # too), and time-outs it caused would be scored: the local backend leaves it alone.
+    nice = "10\n" if backend.name == "docker" else "0\n"
+    assert (await sandbox.exec("nice", timeout=10)).stdout == nice
+    assert (await sandbox.run_python("import os; print(os.nice(0))", timeout=10)).stdout == nice
+
+
 async def test_cwd_env_and_stdin(sandbox):
     await sandbox.exec("mkdir -p sub", timeout=10)
     for cwd in (f"{sandbox.workdir}/sub", "sub"):
