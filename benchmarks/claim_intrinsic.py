@@ -50,6 +50,7 @@ from benchmarks.experiments.harness import (
     add_seed_options,
     batch_entropy,
     curve,
+    evaluation,
     fmt_ci,
     run_and_report,
     save_partial,
@@ -256,6 +257,8 @@ async def experiment(args: argparse.Namespace) -> dict:
         warmup=Warmup(args.warmup_steps, 16, args.warmup_lr), name=f"{args.task}{args.operands}",
         budget=schedule.budget, log=say)
     start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+    # Every arm of every seed starts from this policy, evaluated with a fixed sampling seed.
+    start = await evaluation(policy, make_env, evaluate, schedule)
     for seed in seeds_of(args):
         for arm in args.arms:
             policy.model.load_state_dict(start_state)
@@ -265,7 +268,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                 label=f"B {arm:<14} seed {seed}", policy=policy, make_env=make_env,
                 make_eval_env=make_env, score=scorer(mix),
                 step_metrics=step_metrics_for(mix), evaluate=evaluate, schedule=schedule,
-                seed=seed,
+                seed=seed, start=start,
                 summary=lambda r: (f"accuracy {r['accuracy']:.2f} entropy {r['entropy']:.3f} "
                                    f"agreement {r['agreement']:.2f}"),
             )

@@ -50,6 +50,7 @@ from benchmarks.experiments.harness import (
     add_seed_options,
     batch_entropy,
     curve,
+    evaluation,
     fmt_ci,
     run_and_report,
     save_partial,
@@ -168,6 +169,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                 name=f"stored_number-d{args.divisor}-tool{args.tool_share:g}",
                 budget=schedule.budget, log=say)
             start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+            start = await evaluation(policy, make_clean, evaluate, schedule)
             for rate, mode in plan_arms:
                 policy.model.load_state_dict(start_state)
                 label = f"A {mode:<7} faults {rate:.0%} seed {seed}"
@@ -196,7 +198,7 @@ async def experiment(args: argparse.Namespace) -> dict:
                         label=label, policy=policy, make_env=make_env, make_eval_env=make_clean,
                         score=scorer(mode, mix), step_metrics=step_metrics, evaluate=evaluate,
                         schedule=schedule, seed=seed, extra=counters,
-                        group_failures=group_failures(mode),
+                        group_failures=group_failures(mode), start=start,
                         summary=lambda r: (f"reward {r['reward']:.2f} valid "
                                            f"{r['valid_fraction']:.2f} tool "
                                            f"{r['tool_attempt']:.2f}"),

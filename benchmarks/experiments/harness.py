@@ -85,6 +85,12 @@ async def held_out(policy: TransformersPolicy, make_env: Callable[[], ToolEnv],
             await env.aclose()
 
 
+async def evaluation(policy: TransformersPolicy, make_env: Callable[[], ToolEnv],
+                     evaluate: Evaluate, schedule: Schedule, *, step: int = 0) -> dict[str, float]:
+    """One evaluation row: ``evaluate``'s metrics of the held-out episodes, at ``step``."""
+    return {"step": float(step), **evaluate(await held_out(policy, make_env, schedule))}
+
+
 async def train_arm(
     *,
     label: str,
@@ -99,12 +105,16 @@ async def train_arm(
     summary: Callable[[dict[str, float]], str],
     extra: Callable[[], dict[str, float]] = dict,
     group_failures: GroupFailurePolicy | None = None,
+    start: dict[str, float] | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
     """Train ``policy`` in place for ``schedule.steps`` steps; returns (step rows, eval rows).
 
     ``summary`` turns a step row into the few numbers of its progress line; ``extra`` adds
     counters read after each step (recovery metrics...); ``group_failures`` goes to
-    :func:`~gymbox.agents.loop.run_loop` (its default re-plays a failed member).
+    :func:`~gymbox.agents.loop.run_loop` (its default re-plays a failed member). ``start`` is
+    the starting policy's :func:`evaluation` when the caller has it: the arms of one seed start
+    from the same policy and the evaluation samples with a fixed seed, so it is measured once
+    per seed rather than once per arm (each evaluation costs as much as a few training steps).
     """
     torch.manual_seed(seed)
     trainer = PolicyTrainer(policy.model, TrainerConfig(
@@ -116,11 +126,13 @@ async def train_arm(
     evals: list[dict[str, float]] = []
     started = time.perf_counter()
 
-    async def evaluate_now(step: int) -> None:
-        row = {"step": float(step), **evaluate(await held_out(policy, make_eval_env, schedule))}
+    def record(row: dict[str, float]) -> None:
         evals.append(row)
-        say(f"{label} eval at step {step}: "
+        say(f"{label} eval at step {row['step']:.0f}: "
             + "  ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "step"))
+
+    async def evaluate_now(step: int) -> None:
+        record(await evaluation(policy, make_eval_env, evaluate, schedule, step=step))
 
     def on_step(report: StepReport) -> None:
         row = {"step": float(report.step), **step_metrics(report), **extra(),
@@ -129,7 +141,10 @@ async def train_arm(
         say(f"{label} step {report.step + 1}/{schedule.steps}: {summary(row)} "
             f"({time.perf_counter() - started:.0f}s)")
 
-    await evaluate_now(0)
+    if start is None:
+        await evaluate_now(0)
+    else:
+        record(dict(start))
     done = 0
     while done < schedule.steps:
         chunk = min(schedule.eval_every, schedule.steps - done)

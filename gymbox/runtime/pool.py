@@ -3,7 +3,10 @@
 The pool keeps ``size`` sandboxes started ahead of demand. :meth:`SandboxPool.acquire` hands one
 out for a single episode; taking one schedules a replacement, and giving it back hands it to a
 background removal (the episode does not wait for the engine to delete a container;
-:meth:`SandboxPool.close` waits for every removal). Replacements start in the background under
+:meth:`SandboxPool.close` waits for every removal). A sandbox its episode never sent a request
+(:attr:`Sandbox.untouched`: an episode answered without a tool) holds nothing of that episode,
+so it goes back to the pool under a new handle instead, and saves the engine a start and a
+removal; the old handle is closed. Replacements start in the background under
 two limits: a rate (asyncio-throttle, ``starts_per_second``) and a cap on concurrent starts
 (``max_concurrent_starts``; the engine degrades past about 16 concurrent control calls).
 
@@ -132,8 +135,9 @@ class SandboxPool:
 
     @contextlib.asynccontextmanager
     async def acquire(self) -> AsyncIterator[Sandbox]:
-        """A healthy sandbox for one episode; closed when the ``async with`` block ends, and
-        removed from the engine in the background.
+        """A healthy sandbox for one episode. When the ``async with`` block ends this handle is
+        closed, and the sandbox removed from the engine in the background, or, when the episode
+        never sent it a request, given back to the pool for the next episode.
 
         Raises:
             SandboxStartError, EngineUnavailable: no sandbox was ready and a start failed while
@@ -144,7 +148,7 @@ class SandboxPool:
         try:
             yield sandbox
         finally:
-            self._remove(sandbox)
+            self._give_back(sandbox)
 
     async def close(self) -> None:
         """Stop refilling, destroy every sandbox that was not handed out, and wait for the
@@ -212,8 +216,8 @@ class SandboxPool:
         for attempt in itertools.count():
             try:
                 async with self._starts, self._throttle:
-                    if self._closed:
-                        return
+                    if self._closed or self.ready >= self.size:
+                        return  # sandboxes given back unused filled the pool meanwhile
                     began_at = time.monotonic()
                     sandbox = await Sandbox.open(self.spec, backend=self.backend)
             except ConfigurationError as exc:
@@ -245,6 +249,15 @@ class SandboxPool:
         if self._next_failure is None:
             self._next_failure = asyncio.get_running_loop().create_future()
         return self._next_failure
+
+    def _give_back(self, sandbox: Sandbox) -> None:
+        """Ready again if the episode left it untouched, else removed. It is kept even when its
+        replacement has started meanwhile: the next take then finds the pool full and starts
+        nothing, so the surplus never exceeds the sandboxes that were out at once."""
+        if sandbox.untouched and not self._closed:
+            self._ready.put_nowait(sandbox.hand_on())
+        else:
+            self._remove(sandbox)
 
     def _remove(self, sandbox: Sandbox) -> None:
         """Shut the sandbox now; remove its instance in the background."""

@@ -103,6 +103,7 @@ class Sandbox:
         self.backend_name = backend_name
         self._broken: InfraError | None = None
         self._closed = False
+        self._touched = False  # a call other than the health check's ping has been sent
         self._lease_task = asyncio.create_task(self._renew_lease())
         self._watched = 0  # calls waiting that the liveness watch covers
         self._last_call = 0.0
@@ -158,6 +159,29 @@ class Sandbox:
     def broken(self) -> InfraError | None:
         """The failure that made this sandbox unusable, or None while it is healthy."""
         return self._broken
+
+    @property
+    def untouched(self) -> bool:
+        """True while nothing but :meth:`ping` was ever sent to the supervisor, and the sandbox
+        is open and healthy: nothing anyone asked for has run in it, so it is as it started."""
+        return not self._touched and self._broken is None and not self._closed
+
+    def hand_on(self) -> Sandbox:
+        """A new handle on this :attr:`untouched` sandbox, for its next holder; this handle is
+        closed (every later call through it is refused) but the sandbox keeps running. A pool
+        hands an episode's unused sandbox to the next episode this way, so that whoever kept
+        the old handle cannot reach the sandbox of someone else's episode.
+
+        Raises:
+            InvalidRequest: the sandbox is not untouched; close it instead.
+        """
+        if not self.untouched:
+            raise InvalidRequest("only an untouched sandbox can be handed on; close this one")
+        self._closed = True
+        self._lease_task.cancel()
+        if self._watch_task is not None:
+            self._watch_task.cancel()
+        return Sandbox(self._instance, self._channel, self.spec, self.backend_name)
 
     async def exec(
         self,
@@ -319,6 +343,8 @@ class Sandbox:
                                 cause=self._broken)
             error.retry_safe = True
             raise error
+        # Set before sending: a call that fails on the way may still have run.
+        self._touched = self._touched or op != "ping"
         watched = backstop_s > self.spec.liveness_probe_s
         sent_at = time.time()
         if watched:

@@ -1,4 +1,5 @@
-"""SandboxPool: warm, health-checked sandboxes, one episode each."""
+"""SandboxPool: warm, health-checked sandboxes, one episode each (one that an episode left
+untouched serves another)."""
 
 from __future__ import annotations
 
@@ -52,6 +53,27 @@ async def test_each_episode_gets_a_fresh_sandbox_that_is_destroyed_after(backend
             with pytest.raises(FileNotFoundError):
                 await second.read_file("secret.txt")
         await wait_ready(pool, 2)
+
+
+async def test_a_sandbox_its_episode_never_used_serves_a_later_episode(backend):
+    """An episode that sent its sandbox no request (it answered without a tool) left nothing
+    in it: the sandbox goes back to the pool, saving a start and a removal, under a new handle,
+    so the old holder cannot reach the next episode's sandbox. One that ran anything is not."""
+    async with SandboxPool(FAST, size=1, backend=backend) as pool:
+        async with pool.acquire() as unused:
+            await unused.ping()  # the health check's request does not count
+            await wait_ready(pool, 1)  # its replacement has started
+        with pytest.raises(InvalidRequest, match="closed"):
+            await unused.exec("true", timeout=5)
+        assert pool.ready == 2
+        async with pool.acquire() as first, pool.acquire() as second:
+            (again,) = [s for s in (first, second) if s.id == unused.id]
+            assert again is not unused
+            assert (await again.exec("echo hi", timeout=5)).stdout == "hi\n"
+            touched = again.instance
+        assert await gone(touched)
+        async with pool.acquire() as later:
+            assert later.id != unused.id
 
 
 @pytest.mark.docker
@@ -112,13 +134,12 @@ async def test_failed_starts_are_told_to_waiters_then_forgotten(caplog):
             with pytest.raises(EngineUnavailable):
                 await struck.exec("echo hi", timeout=5)  # the engine goes away for 1.5 s
         await wait_ready(pool, 1)  # the replacement started before the outage
-        async with pool.acquire():
-            pass  # its own replacement cannot start now
-        with pytest.raises(EngineUnavailable, match="injected engine_outage"):
-            async with pool.acquire():
-                pass
-        assert faults.engine_down
-        await faults.wait_for_engine()
+        async with pool.acquire():  # held, and its own replacement cannot start now
+            with pytest.raises(EngineUnavailable, match="injected engine_outage"):
+                async with pool.acquire():
+                    pass
+            assert faults.engine_down
+            await faults.wait_for_engine()
         async with pool.acquire() as after:
             assert (await after.exec("echo back", timeout=5)).stdout == "back\n"
     assert pool.start_failures.count == 0
