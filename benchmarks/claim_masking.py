@@ -1,7 +1,7 @@
 """Claim A: scoring infrastructure failures as 0 pushes the policy off the tool; masking does not.
 
 The task (:class:`benchmarks.experiments.tasks.StoredNumber`): is the number in the sandbox's
-``n.txt`` divisible by ``--divisor`` (3 by default)? Testing it with the sandboxed ``check``
+``n.txt`` divisible by ``--divisor`` (2 by default)? Testing it with the sandboxed ``check``
 tool is always right (and is the only request an episode sends its sandbox); answering "0"
 without the tool is right on 1 - 1/divisor of the tasks (two in three at 3, half at 2). The
 policy starts (after imitating an expert that does both) using the tool on about half the
@@ -26,11 +26,13 @@ accuracy and the correct-tool-use rate are measured on clean sandboxes (no fault
 greedy policy would either always or never call the tool: the sampled rate is the policy's);
 the training-batch tool-call rate every step.
 
-Usage (the full experiment: 7 arms × 3 seeds; at 10 steps about 45 min on the 2-core machine
-at load 15-25, the 3 seeds in 3 processes; docs/experiments.md has what ran)::
+Usage (the full experiment: 7 arms × 3 seeds × 16 steps, the 3 seeds in 3 processes; 21 min
+alone on the 2-core machine, its warm-up included; docs/experiments.md has what ran)::
 
     flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_masking --seeds 3 --jobs 3 \\
-        --steps 10 --plot docs/claim_masking.png --out runs/experiments/claim_masking
+        --plot docs/claim_masking.png
+
+Its defaults are the reported experiment's (round 5 on, written out in docs/experiments.md).
 
 ``--model embedded`` runs SmolLM2-135M instead of the tiny policy (use it with one rate and
 few steps: it is the confirming configuration).
@@ -293,23 +295,23 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", choices=("tiny", "embedded"), default="tiny")
     add_seed_options(parser)
-    parser.add_argument("--steps", type=int, default=20, help="RL steps per arm (>= 1)")
+    parser.add_argument("--steps", type=int, default=16, help="RL steps per arm (>= 1)")
     parser.add_argument("--rates", type=lambda s: [float(x) for x in s.split(",")],
                         default=[0.0, 0.1, 0.3])
     parser.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES))
-    parser.add_argument("--divisor", type=int, default=3,
+    parser.add_argument("--divisor", type=int, default=2,
                         help="the task's divisor: answering 0 without the tool is right on "
                              "1 - 1/divisor of the tasks")
     parser.add_argument("--tool-share", type=float, default=0.5,
                         help="share of the warm-up's expert episodes that call the tool")
-    parser.add_argument("--groups-per-step", type=int, default=2)
+    parser.add_argument("--groups-per-step", type=int, default=3)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--eval-every", type=int, default=5)
-    parser.add_argument("--eval-episodes", type=int, default=32)
+    parser.add_argument("--eval-every", type=int, default=4)
+    parser.add_argument("--eval-episodes", type=int, default=48)
     parser.add_argument("--lr", type=float, default=None,
-                        help="RL learning rate (default 1e-3 tiny, 1e-5 embedded)")
+                        help="RL learning rate (default 1e-4 tiny, 1e-5 embedded)")
     parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="imitation steps (default 80 tiny, 8 embedded)")
+                        help="imitation steps (default 200 tiny, 8 embedded)")
     parser.add_argument("--warmup-lr", type=float, default=None)
     parser.add_argument("--pool", type=int, default=8, help="warm sandboxes per pool")
     parser.add_argument("--threads", type=int, default=1,
@@ -319,8 +321,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--plot", default=None, help="PNG path for the figure")
     args = parser.parse_args(argv)
     tiny = args.model == "tiny"
-    args.lr = args.lr if args.lr is not None else (1e-3 if tiny else 1e-5)
-    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (80 if tiny
+    args.lr = args.lr if args.lr is not None else (1e-4 if tiny else 1e-5)
+    args.warmup_steps = args.warmup_steps if args.warmup_steps is not None else (200 if tiny
                                                                                   else 8)
     args.warmup_lr = args.warmup_lr if args.warmup_lr is not None else (3e-3 if tiny else 1e-4)
     if args.steps < 1:
