@@ -76,6 +76,20 @@ async def test_a_sandbox_its_episode_never_used_serves_a_later_episode(backend):
             assert later.id != unused.id
 
 
+async def test_a_sandbox_sent_any_request_is_never_handed_on(backend):
+    """A request counts from the moment it is sent, whatever it answers: a failed one (a file
+    that is not there) still touched the sandbox, so it is removed, not reused."""
+    async with SandboxPool(FAST, size=1, backend=backend) as pool:
+        async with pool.acquire() as sandbox:
+            with pytest.raises(FileNotFoundError):
+                await sandbox.read_file("missing.txt")
+            assert not sandbox.untouched
+            with pytest.raises(InvalidRequest, match="untouched"):
+                sandbox.hand_on()
+            instance = sandbox.instance
+        assert await gone(instance)
+
+
 @pytest.mark.docker
 async def test_released_container_is_removed_before_the_pool_closes(engine_client):
     pool = SandboxPool(FAST, size=1, backend=DockerBackend())
