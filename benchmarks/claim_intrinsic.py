@@ -26,7 +26,8 @@ reward ranks a group's members as gold does (``gold_corr/<term>``); every
 ``--eval-every`` steps the greedy accuracy on held-out seeds and the share of held-out episodes
 whose answer is the single most common one (1.0: the policy answers everything the same).
 
-Usage (round 6's run, docs/experiments.md: 7 arms × 3 seeds × 30 steps in 869 s)::
+Usage (round 6's run, docs/experiments.md: 7 arms × 3 seeds × 30 steps in 869 s; with
+``--steps 60`` and ``guard_entropy`` added, the reported table, 23 min 51 s alone)::
 
     flock /tmp/gymbox-heavy.lock python -m benchmarks.claim_intrinsic --task chain --operands 5 \\
         --warmup-steps 100 --lr 1e-4 --seeds 3 --jobs 3 --steps 30 --eval-episodes 50 \\
