@@ -163,15 +163,16 @@ async def experiment(args: argparse.Namespace) -> dict:
             return StoredNumber(sandboxes=clean, divisor=args.divisor,
                                 tool_share=args.tool_share)
 
+        # One warm-up for every seed: the seeds vary RL's samples, tasks and faults. Every arm
+        # of every seed starts from it, evaluated once with a fixed sampling seed.
+        policy = await warmed_up_policy(
+            args.model, make_clean, seed=0, cache_dir=Path(args.cache),
+            warmup=Warmup(args.warmup_steps, 8, args.warmup_lr),
+            name=f"stored_number-d{args.divisor}-tool{args.tool_share:g}",
+            budget=schedule.budget, log=say)
+        start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
+        start = await evaluation(policy, make_clean, evaluate, schedule)
         for seed in seeds_of(args):
-            # One warm-up for every seed: the seeds vary RL's samples, tasks and faults.
-            policy = await warmed_up_policy(
-                args.model, make_clean, seed=0, cache_dir=Path(args.cache),
-                warmup=Warmup(args.warmup_steps, 8, args.warmup_lr),
-                name=f"stored_number-d{args.divisor}-tool{args.tool_share:g}",
-                budget=schedule.budget, log=say)
-            start_state = {k: v.clone() for k, v in policy.model.state_dict().items()}
-            start = await evaluation(policy, make_clean, evaluate, schedule)
             for rate, mode in plan_arms:
                 policy.model.load_state_dict(start_state)
                 label = f"A {mode:<7} faults {rate:.0%} seed {seed}"

@@ -112,9 +112,9 @@ async def train_arm(
     ``summary`` turns a step row into the few numbers of its progress line; ``extra`` adds
     counters read after each step (recovery metrics...); ``group_failures`` goes to
     :func:`~gymbox.agents.loop.run_loop` (its default re-plays a failed member). ``start`` is
-    the starting policy's :func:`evaluation` when the caller has it: the arms of one seed start
-    from the same policy and the evaluation samples with a fixed seed, so it is measured once
-    per seed rather than once per arm (each evaluation costs as much as a few training steps).
+    the starting policy's :func:`evaluation` when the caller has it: arms that start from the
+    same policy share it, since the evaluation samples with a fixed seed, so it is measured once
+    rather than once per arm (each evaluation costs as much as a few training steps).
     """
     torch.manual_seed(seed)
     trainer = PolicyTrainer(policy.model, TrainerConfig(
