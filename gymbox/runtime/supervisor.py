@@ -1065,6 +1065,8 @@ class Command:
             self.pipes[fd].feed(data)
         else:
             self.close_pipe(fd)
+            if self.untracked() and not self.pipes:
+                self.end_untracked()
             self.maybe_finish()
 
     def close_pipe(self, fd):
@@ -1117,11 +1119,23 @@ class Command:
         """The spawner is gone: what it owed this command will never come."""
         self.spawner = None
         self.lost = why
-        if self.pid is None:  # never reported started: it may have, it will not be tracked
-            self.exited = True
-            self.ended = time.monotonic()
-        if self.exited:
+        if self.untracked() and not self.pipes:
+            self.end_untracked()
+        elif self.exited:
             self.conclude()
+
+    def untracked(self):
+        """Started, perhaps, with no pid we know: the spawner died between starting it and
+        saying so (the command itself may have killed it, as ``kill -9 -1`` does). Such a
+        command may still be running and writing, so it is not over until nothing holds its
+        output pipes any more (every process that could write them has exited), or its
+        deadline and grace have passed; ending it sooner would sweep away a live command."""
+        return self.pid is None and self.lost is not None and not self.exited
+
+    def end_untracked(self):
+        self.exited = True
+        self.ended = time.monotonic()
+        self.conclude()
 
     def conclude(self):
         self.concluded = True
@@ -1174,8 +1188,11 @@ class Command:
             return
         if self.pid is not None and not self.exited:
             self.kill_session()
-        elif self.pid is None and self.spawner is not None:
+            return
+        if self.pid is None and self.spawner is not None:
             self.spawner.close("did not start a command within its deadline and grace")
+        if self.untracked() and not self.concluded:
+            self.end_untracked()  # the sweep at its end is what stops it
 
     def on_linger(self):
         if self.rid in self.sup.commands and self.concluded:

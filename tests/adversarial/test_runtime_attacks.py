@@ -37,8 +37,9 @@ CRASH = ("for d in /workspace /tmp /dev/shm; do head -c 1G /dev/zero > $d/fill.$
          "2>/dev/null; "
          f"python3 -c \"{SHM}\"; python3 -c 'b = bytearray(1 << 30)' 2>/dev/null; "
          "f() { f | f & }; f 2>/dev/null; sleep 1")
-SPEC_SMALL = SandboxSpec(memory_mb=256, default_timeout_s=4.0, grace_s=0.2,
-                         backstop_margin_s=2.0, labels=SPEC.labels)
+# The host's backstop margin is the product's default: how late an answer may come after a
+# crash on a loaded machine is the product's bound to keep, not the test's to tighten.
+SPEC_SMALL = SandboxSpec(memory_mb=256, default_timeout_s=4.0, grace_s=0.2, labels=SPEC.labels)
 
 CONDITIONS = {
     # what differs, or might, between a sandbox and the one that replaces it
