@@ -174,6 +174,14 @@ class Sandbox:
 
         Raises:
             InvalidRequest: the sandbox is not untouched; close it instead.
+
+        Example:
+            >>> kept = sandbox  # doctest: +SKIP
+            >>> if sandbox.untouched:  # doctest: +SKIP
+            ...     sandbox = sandbox.hand_on()
+            >>> await kept.exec("true")  # doctest: +SKIP
+            Traceback (most recent call last):
+            gymbox.runtime.errors.InvalidRequest: ...
         """
         if not self.untouched:
             raise InvalidRequest("only an untouched sandbox can be handed on; close this one")
