@@ -23,6 +23,9 @@ W imitation steps that the RL arms start from).
     python benchmarks/ablation.py --seeds 0 1 --episodes 16 --set loop.steps=4
     # an expert the student cannot copy and succeed (docs/training.md)
     python benchmarks/ablation.py --set 'env_kwargs={"expert": "mental"}' --out runs/ablation-mental
+    # three imitation steps, then GRPO at a tenth of the main job's learning rate (docs/training.md)
+    python benchmarks/ablation.py --set 'env_kwargs={"expert": "mental"}' --set warmup.sft_steps=3 \
+        --set loop.steps=5 --set optim.learning_rate=2e-6 --seeds 0 1 2 3 4 5
 """
 
 from __future__ import annotations
