@@ -1065,8 +1065,7 @@ class Command:
             self.pipes[fd].feed(data)
         else:
             self.close_pipe(fd)
-            if self.untracked() and not self.pipes:
-                self.end_untracked()
+            self.end_if_untracked_and_quiet()
             self.maybe_finish()
 
     def close_pipe(self, fd):
@@ -1119,10 +1118,10 @@ class Command:
         """The spawner is gone: what it owed this command will never come."""
         self.spawner = None
         self.lost = why
-        if self.untracked() and not self.pipes:
-            self.end_untracked()
-        elif self.exited:
+        if self.exited:
             self.conclude()
+        else:
+            self.end_if_untracked_and_quiet()
 
     def untracked(self):
         """Started, perhaps, with no pid we know: the spawner died between starting it and
@@ -1131,6 +1130,10 @@ class Command:
         output pipes any more (every process that could write them has exited), or its
         deadline and grace have passed; ending it sooner would sweep away a live command."""
         return self.pid is None and self.lost is not None and not self.exited
+
+    def end_if_untracked_and_quiet(self):
+        if self.untracked() and not self.pipes:
+            self.end_untracked()
 
     def end_untracked(self):
         self.exited = True
@@ -1191,7 +1194,7 @@ class Command:
             return
         if self.pid is None and self.spawner is not None:
             self.spawner.close("did not start a command within its deadline and grace")
-        if self.untracked() and not self.concluded:
+        if self.untracked():
             self.end_untracked()  # the sweep at its end is what stops it
 
     def on_linger(self):
